@@ -1,0 +1,1 @@
+//! The scheduler's durable catalog, on an embedded RocksDB.

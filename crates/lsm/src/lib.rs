@@ -1,0 +1,11 @@
+//! Pure LSM logic shared by every service: internal keys, the memtable, the merging
+//! iterator, the manifest model and the compaction pickers.
+//!
+//! Nothing here does IO, reads a clock or touches protobuf types: callers pass state in and
+//! get a plan (or an iterator) out, so everything is tested with small in-memory fixtures.
+
+pub mod iter;
+pub mod key;
+
+pub use iter::{BoxError, InternalIterator};
+pub use key::{InternalKey, KeyError, ParsedInternalKey, SeqNo, ValueKind, MAX_SEQNO};
