@@ -8,4 +8,4 @@ pub mod iter;
 pub mod key;
 
 pub use iter::{BoxError, InternalIterator};
-pub use key::{InternalKey, KeyError, ParsedInternalKey, SeqNo, ValueKind, MAX_SEQNO};
+pub use key::{InternalKey, KeyError, MAX_SEQNO, ParsedInternalKey, SeqNo, ValueKind};
