@@ -201,7 +201,7 @@ impl Default for ProcessorConfig {
 
 /// How a replayer treats damaged WAL (RocksDB's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum RecoveryMode {
     /// Ignore an incomplete record at the end of the newest segment; fail on other damage.
     #[default]
@@ -269,7 +269,7 @@ impl Default for MemtableFlushConfig {
 
 /// Compaction strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Strategy {
     /// RocksDB-style leveled compaction.
     #[default]
@@ -575,7 +575,7 @@ impl Default for SchedulerConfig {
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -883,6 +883,41 @@ mod tests {
         for (yaml, key) in cases {
             let err = load_yaml(yaml, &[]).expect_err(yaml).to_string();
             assert!(err.contains(key), "error {err:?} should name {key}");
+        }
+    }
+}
+
+impl TryFrom<String> for RecoveryMode {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "tolerate_corrupted_tail" => Ok(Self::TolerateCorruptedTail),
+            "absolute_consistency" => Ok(Self::AbsoluteConsistency),
+            "point_in_time" => Ok(Self::PointInTime),
+            "skip_corrupted" => Ok(Self::SkipCorrupted),
+            other => Err(format!("unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)")),
+        }
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "level_based" => Ok(Self::LevelBased),
+            "size_tiered" => Ok(Self::SizeTiered),
+            other => Err(format!("unknown value {other:?} (expected one of: level_based, size_tiered)")),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "pretty" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown value {other:?} (expected one of: pretty, json)")),
         }
     }
 }
