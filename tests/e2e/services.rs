@@ -21,7 +21,13 @@ const SERVICES: [(&str, &str); 4] = [
 /// Starts the scheduler and returns it with its ports.
 fn start_scheduler(dir: &std::path::Path) -> (Proc, Ports) {
     let ports = Ports::free();
-    let p = Proc::start("scheduler", "scheduler", dir, &[], &service_env("scheduler", ports, dir));
+    let p = Proc::start(
+        "scheduler",
+        "scheduler",
+        dir,
+        &[],
+        &service_env("scheduler", ports, dir),
+    );
     wait_healthy(&p, ports.http);
     (p, ports)
 }
@@ -34,7 +40,10 @@ fn start_worker(name: &str, dir: &std::path::Path, scheduler: Ports) -> (Proc, P
         "DP__SCHEDULER__ENDPOINT".to_owned(),
         format!("http://127.0.0.1:{}", scheduler.grpc),
     ));
-    env.push(("DP__SCHEDULER__HEARTBEAT_INTERVAL".to_owned(), "200ms".to_owned()));
+    env.push((
+        "DP__SCHEDULER__HEARTBEAT_INTERVAL".to_owned(),
+        "200ms".to_owned(),
+    ));
     let p = Proc::start(name, name, dir, &[], &env);
     wait_healthy(&p, ports.http);
     (p, ports)
@@ -44,17 +53,40 @@ fn check_grpc_surface(name: &str, service: &str, ports: Ports) {
     let addr = ports.grpc_addr();
     let out = run_grpcurl(&["-plaintext", &addr, "list"]);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{name}: grpcurl list failed: {}", String::from_utf8_lossy(&out.stderr));
-    for expected in [service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
-        assert!(listed.lines().any(|l| l.trim() == expected), "{name}: `grpcurl list` lacks {expected}:\n{listed}");
+    assert!(
+        out.status.success(),
+        "{name}: grpcurl list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l.trim() == expected),
+            "{name}: `grpcurl list` lacks {expected}:\n{listed}"
+        );
     }
 
     // describe shows the comments written in the .proto files.
     let out = run_grpcurl(&["-plaintext", &addr, "describe", service]);
     let described = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{name}: describe failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(described.contains("//"), "{name}: describe shows no comments:\n{described}");
-    let out = run_grpcurl(&["-plaintext", &addr, "describe", "dataprocessor.v1.TaskProgress"]);
+    assert!(
+        out.status.success(),
+        "{name}: describe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        described.contains("//"),
+        "{name}: describe shows no comments:\n{described}"
+    );
+    let out = run_grpcurl(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "dataprocessor.v1.TaskProgress",
+    ]);
     let described = String::from_utf8_lossy(&out.stdout);
     assert!(
         described.contains("Bytes read so far"),
@@ -64,9 +96,19 @@ fn check_grpc_surface(name: &str, service: &str, ports: Ports) {
     // Health says SERVING, overall and for the service itself.
     for svc in ["", service] {
         let req = format!("{{\"service\":\"{svc}\"}}");
-        let out = run_grpcurl(&["-plaintext", "-d", &req, &addr, "grpc.health.v1.Health/Check"]);
+        let out = run_grpcurl(&[
+            "-plaintext",
+            "-d",
+            &req,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("SERVING"), "{name}: Health/Check({svc:?}) = {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            text.contains("SERVING"),
+            "{name}: Health/Check({svc:?}) = {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -79,7 +121,10 @@ fn check_metrics(name: &str, ports: Ports) {
         "processor_memory_usage",
         "processor_cpu_usage",
     ] {
-        assert!(body.contains(metric), "{name}: /metrics lacks {metric}:\n{body}");
+        assert!(
+            body.contains(metric),
+            "{name}: /metrics lacks {metric}:\n{body}"
+        );
     }
     let mut child = Command::new(promtool())
         .args(["check", "metrics"])
@@ -88,7 +133,12 @@ fn check_metrics(name: &str, ports: Ports) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -116,7 +166,10 @@ fn every_service_answers_grpcurl_health_and_metrics() {
         check_metrics(name, ports);
         // Ready once dependencies answer (workers: registered with the scheduler).
         assert!(
-            wait_until(Duration::from_secs(5), || matches!(http_get(ports.http, "/ready"), Ok((200, _)))),
+            wait_until(Duration::from_secs(5), || matches!(
+                http_get(ports.http, "/ready"),
+                Ok((200, _))
+            )),
             "{name}: /ready never became 200"
         );
     }
@@ -132,17 +185,32 @@ fn workers_appear_in_scheduler_status_within_five_seconds() {
         let (p, ports) = start_worker(name, dir.path(), sports);
         let kind = format!("WORKER_KIND_{}", name.to_ascii_uppercase());
         let addr = ports.grpc_addr();
-        let seen = wait_until(Duration::from_secs(5).saturating_sub(started.elapsed()), || {
-            let out = run_grpcurl(&["-plaintext", &sports.grpc_addr(), "dataprocessor.v1.Admin/GetStatus"]);
-            let status: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-                Ok(v) => v,
-                Err(_) => return false,
-            };
-            status["workers"].as_array().is_some_and(|ws| {
-                ws.iter().any(|w| w["kind"] == kind.as_str() && w["address"] == addr.as_str() && w["alive"] == true)
-            })
-        });
-        assert!(seen, "{name} not in the scheduler's status within 5 s of start; log:\n{}", p.log_text());
+        let seen = wait_until(
+            Duration::from_secs(5).saturating_sub(started.elapsed()),
+            || {
+                let out = run_grpcurl(&[
+                    "-plaintext",
+                    &sports.grpc_addr(),
+                    "dataprocessor.v1.Admin/GetStatus",
+                ]);
+                let status: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+                    Ok(v) => v,
+                    Err(_) => return false,
+                };
+                status["workers"].as_array().is_some_and(|ws| {
+                    ws.iter().any(|w| {
+                        w["kind"] == kind.as_str()
+                            && w["address"] == addr.as_str()
+                            && w["alive"] == true
+                    })
+                })
+            },
+        );
+        assert!(
+            seen,
+            "{name} not in the scheduler's status within 5 s of start; log:\n{}",
+            p.log_text()
+        );
         workers.push(p);
     }
 }
@@ -161,8 +229,19 @@ fn sigterm_exits_zero_within_the_drain_timeout() {
         p.terminate();
         // drain_timeout is 5 s in service_env; allow process teardown on top.
         let status = p.wait_timeout(Duration::from_secs(7));
-        let status = status.unwrap_or_else(|| panic!("{} did not exit within the drain timeout; log:\n{}", p.name, p.log_text()));
-        assert!(status.success(), "{} exited with {status}; log:\n{}", p.name, p.log_text());
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within the drain timeout; log:\n{}",
+                p.name,
+                p.log_text()
+            )
+        });
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{}",
+            p.name,
+            p.log_text()
+        );
     }
 }
 
@@ -181,7 +260,11 @@ fn all_in_one_runs_the_four_services() {
     }
     // The co-located workers registered with the co-located scheduler.
     let ok = wait_until(Duration::from_secs(5), || {
-        let out = run_grpcurl(&["-plaintext", &ports[0].grpc_addr(), "dataprocessor.v1.Admin/GetStatus"]);
+        let out = run_grpcurl(&[
+            "-plaintext",
+            &ports[0].grpc_addr(),
+            "dataprocessor.v1.Admin/GetStatus",
+        ]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|v| v["workers"].as_array().map(|w| w.len()))
@@ -189,6 +272,8 @@ fn all_in_one_runs_the_four_services() {
     });
     assert!(ok, "workers did not register; log:\n{}", proc.log_text());
     proc.terminate();
-    let status = proc.wait_timeout(Duration::from_secs(7)).expect("exits after SIGTERM");
+    let status = proc
+        .wait_timeout(Duration::from_secs(7))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
 }

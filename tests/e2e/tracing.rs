@@ -43,7 +43,13 @@ impl TraceService for Receiver {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
-                    spans.push((service.clone(), s.name, s.trace_id, s.span_id, s.parent_span_id));
+                    spans.push((
+                        service.clone(),
+                        s.name,
+                        s.trace_id,
+                        s.span_id,
+                        s.parent_span_id,
+                    ));
                 }
             }
         }
@@ -68,12 +74,17 @@ async fn a_call_between_services_is_one_trace() {
     let sched = Proc::start("scheduler", "scheduler", dir.path(), &[], &env);
     let mut env = service_env("flusher", fp, dir.path());
     env.push(("DP__TELEMETRY__OTLP_ENDPOINT".to_owned(), otlp));
-    env.push(("DP__SCHEDULER__ENDPOINT".to_owned(), format!("http://127.0.0.1:{}", sp.grpc)));
+    env.push((
+        "DP__SCHEDULER__ENDPOINT".to_owned(),
+        format!("http://127.0.0.1:{}", sp.grpc),
+    ));
     tokio::task::block_in_place(|| wait_healthy(&sched, sp.http));
     let mut flusher = Proc::start("flusher", "flusher", dir.path(), &[], &env);
     tokio::task::block_in_place(|| {
         wait_healthy(&flusher, fp.http);
-        assert!(wait_until(Duration::from_secs(5), || flusher.log_text().contains("registered with the scheduler")));
+        assert!(wait_until(Duration::from_secs(5), || flusher
+            .log_text()
+            .contains("registered with the scheduler")));
         // Exiting flushes the batch exporters.
         flusher.terminate();
         assert!(flusher.wait_timeout(Duration::from_secs(10)).is_some());

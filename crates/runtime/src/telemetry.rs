@@ -23,10 +23,8 @@ pub struct TelemetryGuard {
 impl TelemetryGuard {
     /// Flushes and stops the span exporter.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            if let Err(e) = provider.shutdown() {
-                eprintln!("telemetry: flushing spans failed: {e}");
-            }
+        if let Some(Err(e)) = self.provider.map(|p| p.shutdown()) {
+            eprintln!("telemetry: flushing spans failed: {e}");
         }
     }
 }

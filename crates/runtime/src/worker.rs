@@ -224,11 +224,7 @@ impl RunningAttempts {
 
 impl HeartbeatSource for RunningAttempts {
     fn running(&self) -> Vec<TaskProgress> {
-        self.lock()
-            .attempts
-            .values()
-            .map(|(p, _)| p.clone())
-            .collect()
+        self.lock().attempts.values().map(|(p, _)| *p).collect()
     }
 
     fn on_reply(&self, reply: &HeartbeatResponse) {
