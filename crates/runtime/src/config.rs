@@ -824,6 +824,47 @@ impl Config {
     }
 }
 
+impl TryFrom<String> for RecoveryMode {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "tolerate_corrupted_tail" => Ok(Self::TolerateCorruptedTail),
+            "absolute_consistency" => Ok(Self::AbsoluteConsistency),
+            "point_in_time" => Ok(Self::PointInTime),
+            "skip_corrupted" => Ok(Self::SkipCorrupted),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "level_based" => Ok(Self::LevelBased),
+            "size_tiered" => Ok(Self::SizeTiered),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: level_based, size_tiered)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "pretty" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: pretty, json)"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -883,47 +924,6 @@ mod tests {
         for (yaml, key) in cases {
             let err = load_yaml(yaml, &[]).expect_err(yaml).to_string();
             assert!(err.contains(key), "error {err:?} should name {key}");
-        }
-    }
-}
-
-impl TryFrom<String> for RecoveryMode {
-    type Error = String;
-    fn try_from(v: String) -> Result<Self, Self::Error> {
-        match v.as_str() {
-            "tolerate_corrupted_tail" => Ok(Self::TolerateCorruptedTail),
-            "absolute_consistency" => Ok(Self::AbsoluteConsistency),
-            "point_in_time" => Ok(Self::PointInTime),
-            "skip_corrupted" => Ok(Self::SkipCorrupted),
-            other => Err(format!(
-                "unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)"
-            )),
-        }
-    }
-}
-
-impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(v: String) -> Result<Self, Self::Error> {
-        match v.as_str() {
-            "level_based" => Ok(Self::LevelBased),
-            "size_tiered" => Ok(Self::SizeTiered),
-            other => Err(format!(
-                "unknown value {other:?} (expected one of: level_based, size_tiered)"
-            )),
-        }
-    }
-}
-
-impl TryFrom<String> for LogFormat {
-    type Error = String;
-    fn try_from(v: String) -> Result<Self, Self::Error> {
-        match v.as_str() {
-            "pretty" => Ok(Self::Pretty),
-            "json" => Ok(Self::Json),
-            other => Err(format!(
-                "unknown value {other:?} (expected one of: pretty, json)"
-            )),
         }
     }
 }
