@@ -6,6 +6,7 @@
 
 pub mod iter;
 pub mod key;
+pub mod manifest;
 
 pub use iter::{BoxError, InternalIterator};
 pub use key::{InternalKey, KeyError, MAX_SEQNO, ParsedInternalKey, SeqNo, ValueKind};
