@@ -108,7 +108,6 @@ pub enum TaskSpec {
         replayer_address: String,
         first_seq: u64,
         last_seq: u64,
-        output_file_ids: Vec<u64>,
     },
     Compaction {
         table: String,
@@ -117,7 +116,6 @@ pub enum TaskSpec {
         output_level: u32,
         bottommost: bool,
         target_file_size: u64,
-        output_file_ids: Vec<u64>,
         trivial_move: bool,
         reason: String,
     },
@@ -163,19 +161,6 @@ impl TaskSpec {
             _ => Vec::new(),
         }
     }
-
-    /// Output file ids allocated to the task (referenced until it ends).
-    pub fn output_file_ids(&self) -> &[u64] {
-        match self {
-            TaskSpec::MemtableFlush {
-                output_file_ids, ..
-            }
-            | TaskSpec::Compaction {
-                output_file_ids, ..
-            } => output_file_ids,
-            _ => &[],
-        }
-    }
 }
 
 /// One attempt of a task.
@@ -187,6 +172,9 @@ pub struct AttemptRecord {
     pub started_at_ms: i64,
     /// 0 while running.
     pub ended_at_ms: i64,
+    /// File ids this attempt may use for its outputs (allocated at dispatch, so outputs of
+    /// different attempts never collide and a stale attempt's files are recognisable).
+    pub output_file_ids: Vec<u64>,
 }
 
 /// An error reported by an attempt (or by the scheduler about it: lease expired, stuck).
@@ -225,6 +213,11 @@ pub struct TaskRecord {
 impl TaskRecord {
     pub fn kind(&self) -> TaskKind {
         self.spec.kind()
+    }
+
+    /// The current attempt's record, if it was dispatched.
+    pub fn current_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.iter().rev().find(|a| a.attempt == self.attempt)
     }
 }
 

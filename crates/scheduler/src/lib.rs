@@ -9,6 +9,7 @@
 //! This crate is the gRPC edge plus the policy around it; worker bookkeeping is pure state
 //! in [`registry`].
 
+pub mod core;
 pub mod registry;
 mod service;
 

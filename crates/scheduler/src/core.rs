@@ -1,0 +1,1051 @@
+//! The scheduler's state machine: tables, manifests, the task queue, workers, leases and
+//! locks, and every transition between them. No IO, no clock, no async: each method takes
+//! the current time in milliseconds and mutates in-memory state, marking what changed; the
+//! caller persists the changes ([`Core::take_batch`], one synced WriteBatch) **before** it
+//! acts on them (dispatches, replies). If persisting fails the process stops, and a restart
+//! reloads the last persisted state ([`Core::from_snapshot`]).
+//!
+//! Life of a task: `Pending` → (dispatch: new attempt, lease starts) → `Running` →
+//! `Succeeded` (the current attempt's result committed) | back to `Pending` with backoff
+//! (attempt failed, lease expired, stuck) | `Failed` (after `max_attempts`, or a
+//! non-retriable error) | `Cancelled`. Only the current attempt of a live task may commit,
+//! and a compaction commits only if all its inputs are still in the manifest (fencing).
+//!
+//! Two timers guard a running attempt: no heartbeat from its worker for
+//! `heartbeat_timeout` → the worker is presumed dead; heartbeats whose progress does not
+//! move for `stuck_timeout` → the attempt is stuck. Either way the task is retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use catalog::{
+    AttemptRecord, CatalogBatch, CatalogSnapshot, ColumnDef, ErrorRecord, ManifestRecord,
+    TableRecord, TaskKind, TaskRecord, TaskSpec, TaskState, WorkerRecord,
+};
+use lsm::manifest::{FileMeta, Version, VersionEdit};
+
+/// Limits and timers of the state machine.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Pending tasks allowed at once; more are refused.
+    pub queue_size: usize,
+    pub max_attempts: u32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    pub heartbeat_timeout_ms: i64,
+    pub stuck_timeout_ms: i64,
+    /// Cluster-wide limits of running tasks per kind (absent: unlimited).
+    pub max_running: HashMap<TaskKind, usize>,
+    /// Levels of a new table, L0 included.
+    pub num_levels: usize,
+    /// Milliseconds of waiting that add one priority point (no starvation).
+    pub aging_ms: i64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            queue_size: 1000,
+            max_attempts: 5,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+            heartbeat_timeout_ms: 10_000,
+            stuck_timeout_ms: 120_000,
+            max_running: HashMap::new(),
+            num_levels: 7,
+            aging_ms: 1000,
+        }
+    }
+}
+
+/// Why a request was refused. Each maps to one gRPC status at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("queue full: {pending} tasks pending (processor.queue_size = {capacity})")]
+    QueueFull { pending: usize, capacity: usize },
+    #[error("LockError: file {file_id} of table {table} is locked by running task {task_id}")]
+    Lock { table: String, file_id: u64, task_id: u64 },
+    #[error("table {0:?} not found")]
+    TableNotFound(String),
+    #[error("table {0:?} already exists")]
+    TableExists(String),
+    #[error("task {0} not found")]
+    TaskNotFound(u64),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A completion that must not change anything: stale attempt, finished task, inputs
+    /// gone. Nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// A registered worker and its lease.
+#[derive(Debug, Clone)]
+pub struct LiveWorker {
+    pub record: WorkerRecord,
+    pub last_heartbeat_ms: i64,
+    /// (task, attempt) dispatched to it and not finished.
+    pub assigned: BTreeSet<(u64, u32)>,
+}
+
+/// Progress last reported for an attempt, and when it last moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub entries: u64,
+    pub applied_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProgressMark {
+    value: Progress,
+    changed_at_ms: i64,
+}
+
+/// A dispatch the caller must send: call `address`'s RPC for `spec` with `(task_id, attempt)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub task_id: u64,
+    pub attempt: u32,
+    pub worker_id: u64,
+    pub address: String,
+    pub spec: TaskSpec,
+    pub output_file_ids: Vec<u64>,
+}
+
+/// What a worker reported when it finished an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Success: files written (flush/compaction outputs), inputs fully consumed
+    /// (compaction; empty = all inputs), statistics (StatisticsUpdate).
+    Success {
+        files: Vec<FileMeta>,
+        consumed_inputs: Vec<u64>,
+        stats: Option<serde_json::Value>,
+    },
+    /// Failure, with the worker's typed error.
+    Failure(ErrorRecord),
+}
+
+/// The reply to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeartbeatReply {
+    /// The worker id is unknown: register again.
+    pub reregister: bool,
+    /// Attempts to stop.
+    pub cancel: Vec<(u64, u32)>,
+}
+
+/// Per-kind queue figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub pending: usize,
+    pub running: usize,
+    pub failed: usize,
+}
+
+/// The state machine.
+pub struct Core {
+    cfg: CoreConfig,
+    tables: BTreeMap<String, TableRecord>,
+    manifests: BTreeMap<String, ManifestRecord>,
+    tasks: BTreeMap<u64, TaskRecord>,
+    workers: BTreeMap<u64, LiveWorker>,
+    stats: BTreeMap<String, serde_json::Value>,
+    counters: BTreeMap<String, u64>,
+    /// file id → compaction task holding it.
+    locks: BTreeMap<u64, u64>,
+    progress: HashMap<(u64, u32), ProgressMark>,
+    /// Cancellations to deliver with each worker's next heartbeat reply.
+    pending_cancels: BTreeMap<u64, Vec<(u64, u32)>>,
+    dirty: Dirty,
+}
+
+#[derive(Default)]
+struct Dirty {
+    tables: BTreeSet<String>,
+    dropped: BTreeSet<String>,
+    manifests: BTreeSet<String>,
+    tasks: BTreeSet<u64>,
+    workers: BTreeSet<u64>,
+    deleted_workers: BTreeSet<u64>,
+    stats: BTreeSet<String>,
+    counters: bool,
+}
+
+const NEXT_TASK_ID: &str = "next_task_id";
+const NEXT_FILE_ID: &str = "next_file_id";
+const NEXT_WORKER_ID: &str = "next_worker_id";
+
+/// Output file ids reserved per flush attempt.
+const FLUSH_OUTPUT_IDS: u64 = 16;
+
+impl Core {
+    pub fn new(cfg: CoreConfig) -> Self {
+        Self::from_snapshot(cfg, CatalogSnapshot::default(), 0)
+    }
+
+    /// Rebuilds the state from the catalog after a (re)start. Loaded workers get a fresh
+    /// lease from `now_ms`: those still alive keep heartbeating and their running attempts
+    /// go on; the others' leases expire and their tasks are retried.
+    pub fn from_snapshot(cfg: CoreConfig, snap: CatalogSnapshot, now_ms: i64) -> Self {
+        let mut core = Self {
+            cfg,
+            tables: snap.tables,
+            manifests: snap.manifests,
+            tasks: snap.tasks,
+            workers: BTreeMap::new(),
+            stats: snap.stats,
+            counters: snap.counters,
+            locks: BTreeMap::new(),
+            progress: HashMap::new(),
+            pending_cancels: BTreeMap::new(),
+            dirty: Dirty::default(),
+        };
+        for (id, record) in snap.workers {
+            core.workers.insert(
+                id,
+                LiveWorker {
+                    record,
+                    last_heartbeat_ms: now_ms,
+                    assigned: BTreeSet::new(),
+                },
+            );
+        }
+        let live: Vec<(u64, TaskSpec, TaskState, u32, Option<u64>)> = core
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_final())
+            .map(|t| {
+                (
+                    t.id,
+                    t.spec.clone(),
+                    t.state,
+                    t.attempt,
+                    t.current_attempt().map(|a| a.worker_id),
+                )
+            })
+            .collect();
+        for (id, spec, state, attempt, worker) in live {
+            for f in spec.input_file_ids() {
+                core.locks.insert(f, id);
+            }
+            if state == TaskState::Running {
+                core.progress.insert(
+                    (id, attempt),
+                    ProgressMark {
+                        value: Progress::default(),
+                        changed_at_ms: now_ms,
+                    },
+                );
+                if let Some(w) = worker.and_then(|w| core.workers.get_mut(&w)) {
+                    w.assigned.insert((id, attempt));
+                }
+            }
+        }
+        core
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The changes since the last call, as one catalog batch (empty if nothing changed).
+    pub fn take_batch(&mut self) -> CatalogBatch {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut b = CatalogBatch::new();
+        for name in &dirty.dropped {
+            b.delete_table(name);
+        }
+        for name in &dirty.tables {
+            if let Some(t) = self.tables.get(name) {
+                b.put_table(t);
+            }
+        }
+        for name in &dirty.manifests {
+            if let Some(m) = self.manifests.get(name) {
+                b.put_manifest(m);
+            }
+        }
+        for id in &dirty.tasks {
+            match self.tasks.get(id) {
+                Some(t) => b.put_task(t),
+                None => b.delete_task(*id),
+            };
+        }
+        for id in &dirty.workers {
+            if let Some(w) = self.workers.get(id) {
+                b.put_worker(&w.record);
+            }
+        }
+        for id in &dirty.deleted_workers {
+            b.delete_worker(*id);
+        }
+        for name in &dirty.stats {
+            if let Some(s) = self.stats.get(name) {
+                b.put_stats(name, s);
+            }
+        }
+        if dirty.counters {
+            for (name, v) in &self.counters {
+                b.set_counter(name, *v);
+            }
+        }
+        b
+    }
+
+    fn next(&mut self, counter: &str, n: u64) -> u64 {
+        let v = self.counters.entry(counter.to_owned()).or_insert(1);
+        let first = *v;
+        *v += n;
+        self.dirty.counters = true;
+        first
+    }
+
+    // ---- tables -------------------------------------------------------------------------
+
+    pub fn create_table(
+        &mut self,
+        name: &str,
+        columns: Vec<ColumnDef>,
+        now_ms: i64,
+    ) -> Result<&TableRecord, CoreError> {
+        validate_table_name(name)?;
+        if self.tables.contains_key(name) {
+            return Err(CoreError::TableExists(name.to_owned()));
+        }
+        self.tables.insert(
+            name.to_owned(),
+            TableRecord {
+                name: name.to_owned(),
+                columns,
+                created_at_ms: now_ms,
+                replayer_address: String::new(),
+            },
+        );
+        self.manifests.insert(
+            name.to_owned(),
+            ManifestRecord {
+                table: name.to_owned(),
+                version: 1,
+                checkpoint: 0,
+                levels: Version::new(self.cfg.num_levels),
+            },
+        );
+        self.dirty.dropped.remove(name);
+        self.dirty.tables.insert(name.to_owned());
+        self.dirty.manifests.insert(name.to_owned());
+        self.tables
+            .get(name)
+            .ok_or_else(|| CoreError::TableNotFound(name.to_owned()))
+    }
+
+    /// Drops a table; its live tasks are cancelled and its files become garbage.
+    pub fn drop_table(&mut self, name: &str, now_ms: i64) -> Result<(), CoreError> {
+        if self.tables.remove(name).is_none() {
+            return Err(CoreError::TableNotFound(name.to_owned()));
+        }
+        self.manifests.remove(name);
+        self.stats.remove(name);
+        let ids: Vec<u64> = self
+            .tasks
+            .values()
+            .filter(|t| t.spec.table() == name && !t.state.is_final())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            let _ = self.cancel(id, now_ms);
+        }
+        self.dirty.tables.remove(name);
+        self.dirty.manifests.remove(name);
+        self.dirty.dropped.insert(name.to_owned());
+        Ok(())
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableRecord> {
+        self.tables.values()
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableRecord> {
+        self.tables.get(name)
+    }
+
+    pub fn manifest(&self, table: &str) -> Option<&ManifestRecord> {
+        self.manifests.get(table)
+    }
+
+    pub fn stats(&self, table: &str) -> Option<&serde_json::Value> {
+        self.stats.get(table)
+    }
+
+    /// File ids locked by live compactions.
+    pub fn locked_files(&self) -> &BTreeMap<u64, u64> {
+        &self.locks
+    }
+
+    // ---- tasks --------------------------------------------------------------------------
+
+    /// Queues a task. Compaction inputs are locked at once: a request that overlaps a live
+    /// compaction's inputs is refused with a LockError.
+    pub fn submit(&mut self, spec: TaskSpec, priority: i32, now_ms: i64) -> Result<u64, CoreError> {
+        let table = spec.table().to_owned();
+        if !table.is_empty() && !self.tables.contains_key(&table) {
+            return Err(CoreError::TableNotFound(table));
+        }
+        // One flush task per frozen memtable: a repeated request gets the same task.
+        if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec {
+            if let Some(t) = self.tasks.values().find(|t| {
+                !t.state.is_final()
+                    && matches!(&t.spec, TaskSpec::MemtableFlush { table: tt, memtable_id: m, .. }
+                        if *tt == table && m == memtable_id)
+            }) {
+                return Ok(t.id);
+            }
+        }
+        let pending = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Pending)
+            .count();
+        if pending >= self.cfg.queue_size {
+            return Err(CoreError::QueueFull {
+                pending,
+                capacity: self.cfg.queue_size,
+            });
+        }
+        let inputs = spec.input_file_ids();
+        if let TaskSpec::Compaction { inputs: levels, .. } = &spec {
+            let manifest = self
+                .manifests
+                .get(&table)
+                .ok_or_else(|| CoreError::TableNotFound(table.clone()))?;
+            for (level, files) in levels {
+                for f in files {
+                    if manifest.levels.find(f.id).map(|(l, _)| l) != Some(*level) {
+                        return Err(CoreError::Invalid(format!(
+                            "file {} is not in level {level} of table {table}",
+                            f.id
+                        )));
+                    }
+                }
+            }
+        }
+        if let Some((&file_id, &task_id)) = inputs.iter().find_map(|f| self.locks.get_key_value(f)) {
+            return Err(CoreError::Lock {
+                table,
+                file_id,
+                task_id,
+            });
+        }
+        let id = self.next(NEXT_TASK_ID, 1);
+        for f in inputs {
+            self.locks.insert(f, id);
+        }
+        self.tasks.insert(
+            id,
+            TaskRecord {
+                id,
+                spec,
+                state: TaskState::Pending,
+                attempt: 0,
+                attempts: Vec::new(),
+                errors: Vec::new(),
+                created_at_ms: now_ms,
+                not_before_ms: now_ms,
+                priority,
+                finished_at_ms: 0,
+            },
+        );
+        self.dirty.tasks.insert(id);
+        Ok(id)
+    }
+
+    pub fn task(&self, id: u64) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &TaskRecord> {
+        self.tasks.values()
+    }
+
+    /// Cancels a task: a pending one at once; a running one also tells its worker (next
+    /// heartbeat reply). Its files are unlocked; a late completion is refused.
+    pub fn cancel(&mut self, id: u64, now_ms: i64) -> Result<&TaskRecord, CoreError> {
+        let task = self.tasks.get_mut(&id).ok_or(CoreError::TaskNotFound(id))?;
+        if task.state.is_final() {
+            return Err(CoreError::Refused(format!(
+                "task {id} is already {:?}",
+                task.state
+            )));
+        }
+        if task.state == TaskState::Running {
+            if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == task.attempt) {
+                a.ended_at_ms = now_ms;
+                self.pending_cancels
+                    .entry(a.worker_id)
+                    .or_default()
+                    .push((id, task.attempt));
+            }
+        }
+        task.state = TaskState::Cancelled;
+        task.finished_at_ms = now_ms;
+        let attempt = task.attempt;
+        self.finish_bookkeeping(id, attempt);
+        self.dirty.tasks.insert(id);
+        self.tasks.get(&id).ok_or(CoreError::TaskNotFound(id))
+    }
+
+    /// Releases locks, progress and worker assignment of a task's attempt.
+    fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
+        self.locks.retain(|_, t| *t != id);
+        self.progress.remove(&(id, attempt));
+        for w in self.workers.values_mut() {
+            w.assigned.remove(&(id, attempt));
+        }
+    }
+
+    /// Counts per kind.
+    pub fn counts(&self) -> BTreeMap<TaskKind, KindCounts> {
+        let mut out: BTreeMap<TaskKind, KindCounts> =
+            TaskKind::ALL.iter().map(|k| (*k, KindCounts::default())).collect();
+        for t in self.tasks.values() {
+            let c = out.entry(t.kind()).or_default();
+            match t.state {
+                TaskState::Pending => c.pending += 1,
+                TaskState::Running => c.running += 1,
+                TaskState::Failed => c.failed += 1,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Why a pending task is waiting, in words.
+    pub fn waiting_reason(&self, t: &TaskRecord, now_ms: i64) -> String {
+        if t.state != TaskState::Pending {
+            return String::new();
+        }
+        if t.not_before_ms > now_ms {
+            return format!("retry backoff: {} ms left", t.not_before_ms - now_ms);
+        }
+        let kind = t.kind();
+        if let Some(limit) = self.cfg.max_running.get(&kind) {
+            let running = self
+                .tasks
+                .values()
+                .filter(|x| x.state == TaskState::Running && x.kind() == kind)
+                .count();
+            if running >= *limit {
+                return format!("cluster limit: {running}/{limit} {} running", kind.label());
+            }
+        }
+        match self.free_worker(worker_kind(kind), now_ms) {
+            Some(_) => "ready: waiting for the next dispatch round".to_owned(),
+            None => format!("no live {} with a free slot", worker_kind(kind)),
+        }
+    }
+
+    // ---- workers ------------------------------------------------------------------------
+
+    pub fn register_worker(
+        &mut self,
+        kind: &str,
+        name: &str,
+        address: &str,
+        slots: u32,
+        version: &str,
+        now_ms: i64,
+    ) -> Result<u64, CoreError> {
+        if !matches!(kind, "replayer" | "flusher" | "compactor") {
+            return Err(CoreError::Invalid(format!("kind: unknown worker kind {kind:?}")));
+        }
+        if address.is_empty() {
+            return Err(CoreError::Invalid("advertised_address: must not be empty".into()));
+        }
+        if slots == 0 {
+            return Err(CoreError::Invalid("slots: must be at least 1".into()));
+        }
+        // A worker that restarted registers again under the same address: its old entry
+        // goes, and the old entry's attempts lose their lease at the next tick.
+        let stale: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.record.kind == kind && w.record.address == address)
+            .map(|w| w.record.id)
+            .collect();
+        for id in stale {
+            self.workers.remove(&id);
+            self.pending_cancels.remove(&id);
+            self.dirty.deleted_workers.insert(id);
+        }
+        let id = self.next(NEXT_WORKER_ID, 1);
+        self.workers.insert(
+            id,
+            LiveWorker {
+                record: WorkerRecord {
+                    id,
+                    kind: kind.to_owned(),
+                    name: if name.is_empty() { address.to_owned() } else { name.to_owned() },
+                    address: address.to_owned(),
+                    slots,
+                    version: version.to_owned(),
+                    registered_at_ms: now_ms,
+                },
+                last_heartbeat_ms: now_ms,
+                assigned: BTreeSet::new(),
+            },
+        );
+        self.dirty.workers.insert(id);
+        Ok(id)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &LiveWorker> {
+        self.workers.values()
+    }
+
+    pub fn is_alive(&self, w: &LiveWorker, now_ms: i64) -> bool {
+        now_ms - w.last_heartbeat_ms <= self.cfg.heartbeat_timeout_ms
+    }
+
+    /// Records a heartbeat and the progress of the worker's attempts. Attempts it reports
+    /// that are not the current attempt of a running task (zombies) are cancelled.
+    pub fn heartbeat(
+        &mut self,
+        worker_id: u64,
+        running: &[(u64, u32, Progress)],
+        now_ms: i64,
+    ) -> HeartbeatReply {
+        let Some(w) = self.workers.get_mut(&worker_id) else {
+            return HeartbeatReply {
+                reregister: true,
+                cancel: Vec::new(),
+            };
+        };
+        w.last_heartbeat_ms = now_ms;
+        let mut cancel = self.pending_cancels.remove(&worker_id).unwrap_or_default();
+        for (task_id, attempt, progress) in running {
+            let current = self.tasks.get(task_id).is_some_and(|t| {
+                t.state == TaskState::Running
+                    && t.attempt == *attempt
+                    && t.current_attempt().is_some_and(|a| a.worker_id == worker_id)
+            });
+            if !current {
+                if !cancel.contains(&(*task_id, *attempt)) {
+                    cancel.push((*task_id, *attempt));
+                }
+                continue;
+            }
+            let mark = self.progress.entry((*task_id, *attempt)).or_insert(ProgressMark {
+                value: *progress,
+                changed_at_ms: now_ms,
+            });
+            if mark.value != *progress {
+                mark.value = *progress;
+                mark.changed_at_ms = now_ms;
+            }
+        }
+        HeartbeatReply {
+            reregister: false,
+            cancel,
+        }
+    }
+
+    /// Last progress reported for an attempt.
+    pub fn progress(&self, task_id: u64, attempt: u32) -> Option<Progress> {
+        self.progress.get(&(task_id, attempt)).map(|m| m.value)
+    }
+
+    fn free_worker(&self, kind: &str, now_ms: i64) -> Option<&LiveWorker> {
+        self.workers
+            .values()
+            .filter(|w| w.record.kind == kind && self.is_alive(w, now_ms))
+            .filter(|w| (w.assigned.len() as u32) < w.record.slots)
+            .min_by_key(|w| (w.assigned.len(), w.record.id))
+    }
+
+    // ---- the clock: leases, stuck attempts, dispatch -----------------------------------
+
+    /// Expires leases and stuck attempts (retrying their tasks), then picks the dispatches
+    /// to send now: pending tasks by effective priority (priority plus waiting time, so
+    /// nothing starves), within cluster limits and worker slots.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Dispatch> {
+        self.expire(now_ms);
+        self.plan_dispatches(now_ms)
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        let mut failures = Vec::new();
+        for t in self.tasks.values().filter(|t| t.state == TaskState::Running) {
+            let Some(a) = t.current_attempt() else { continue };
+            let worker = self.workers.get(&a.worker_id);
+            let dead = worker.is_none_or(|w| !self.is_alive(w, now_ms));
+            if dead {
+                failures.push((
+                    t.id,
+                    "lease_expired",
+                    format!(
+                        "worker {} ({}) sent no heartbeat for {} ms",
+                        a.worker_id, a.worker_address, self.cfg.heartbeat_timeout_ms
+                    ),
+                ));
+                continue;
+            }
+            let changed = self
+                .progress
+                .get(&(t.id, t.attempt))
+                .map_or(a.started_at_ms, |m| m.changed_at_ms);
+            if now_ms - changed > self.cfg.stuck_timeout_ms {
+                failures.push((
+                    t.id,
+                    "stuck",
+                    format!(
+                        "attempt {} on worker {} made no progress for {} ms",
+                        t.attempt, a.worker_id, self.cfg.stuck_timeout_ms
+                    ),
+                ));
+            }
+        }
+        for (id, kind, message) in failures {
+            let attempt = self.tasks.get(&id).map_or(0, |t| t.attempt);
+            // The old attempt may still be running somewhere: tell its worker to stop.
+            if let Some(w) = self
+                .tasks
+                .get(&id)
+                .and_then(|t| t.current_attempt())
+                .map(|a| a.worker_id)
+            {
+                self.pending_cancels.entry(w).or_default().push((id, attempt));
+            }
+            self.fail_attempt(
+                id,
+                ErrorRecord {
+                    attempt,
+                    kind: kind.to_owned(),
+                    message,
+                    file: String::new(),
+                    offset: 0,
+                    retriable: true,
+                    at_ms: now_ms,
+                },
+                now_ms,
+            );
+        }
+    }
+
+    /// Ends the current attempt with `error`: retry with backoff, or fail for good.
+    fn fail_attempt(&mut self, id: u64, error: ErrorRecord, now_ms: i64) {
+        let (max, base, cap) = (
+            self.cfg.max_attempts,
+            self.cfg.backoff_base_ms,
+            self.cfg.backoff_max_ms,
+        );
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let attempt = task.attempt;
+        if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+            a.ended_at_ms = now_ms;
+        }
+        let retriable = error.retriable;
+        task.errors.push(error);
+        let failures = task.errors.len() as u32;
+        let final_failure = !retriable || failures >= max;
+        if final_failure {
+            task.state = TaskState::Failed;
+            task.finished_at_ms = now_ms;
+        } else {
+            task.state = TaskState::Pending;
+            task.not_before_ms = now_ms + backoff_ms(base, cap, failures);
+        }
+        self.dirty.tasks.insert(id);
+        if final_failure {
+            self.finish_bookkeeping(id, attempt);
+        } else {
+            self.progress.remove(&(id, attempt));
+            for w in self.workers.values_mut() {
+                w.assigned.remove(&(id, attempt));
+            }
+        }
+    }
+
+    fn plan_dispatches(&mut self, now_ms: i64) -> Vec<Dispatch> {
+        let aging = self.cfg.aging_ms.max(1);
+        let mut ready: Vec<(i64, u64)> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Pending && t.not_before_ms <= now_ms)
+            .map(|t| {
+                let effective = i64::from(t.priority) + (now_ms - t.created_at_ms) / aging;
+                (-effective, t.id)
+            })
+            .collect();
+        ready.sort_unstable();
+        let mut running: HashMap<TaskKind, usize> = HashMap::new();
+        for t in self.tasks.values().filter(|t| t.state == TaskState::Running) {
+            *running.entry(t.kind()).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        for (_, id) in ready {
+            let Some(kind) = self.tasks.get(&id).map(|t| t.kind()) else { continue };
+            let limit = self.cfg.max_running.get(&kind).copied().unwrap_or(usize::MAX);
+            if running.get(&kind).copied().unwrap_or(0) >= limit {
+                continue;
+            }
+            let Some((worker_id, address)) = self
+                .free_worker(worker_kind(kind), now_ms)
+                .map(|w| (w.record.id, w.record.address.clone()))
+            else {
+                continue;
+            };
+            let output_file_ids = self.allocate_outputs(id);
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            task.attempt += 1;
+            task.state = TaskState::Running;
+            task.attempts.push(AttemptRecord {
+                attempt: task.attempt,
+                worker_id,
+                worker_address: address.clone(),
+                started_at_ms: now_ms,
+                ended_at_ms: 0,
+                output_file_ids: output_file_ids.clone(),
+            });
+            if let TaskSpec::WalReplay { table, .. } = &task.spec {
+                if let Some(t) = self.tables.get_mut(table) {
+                    t.replayer_address = address.clone();
+                    self.dirty.tables.insert(table.clone());
+                }
+            }
+            let dispatch = Dispatch {
+                task_id: id,
+                attempt: task.attempt,
+                worker_id,
+                address,
+                spec: task.spec.clone(),
+                output_file_ids,
+            };
+            self.dirty.tasks.insert(id);
+            self.progress.insert(
+                (id, dispatch.attempt),
+                ProgressMark {
+                    value: Progress::default(),
+                    changed_at_ms: now_ms,
+                },
+            );
+            if let Some(w) = self.workers.get_mut(&worker_id) {
+                w.assigned.insert((id, dispatch.attempt));
+            }
+            *running.entry(kind).or_default() += 1;
+            out.push(dispatch);
+        }
+        out
+    }
+
+    /// Reserves output file ids for a new attempt of task `id`.
+    fn allocate_outputs(&mut self, id: u64) -> Vec<u64> {
+        let n = match self.tasks.get(&id).map(|t| &t.spec) {
+            Some(TaskSpec::MemtableFlush { .. }) => FLUSH_OUTPUT_IDS,
+            Some(TaskSpec::Compaction {
+                inputs,
+                target_file_size,
+                trivial_move: false,
+                ..
+            }) => {
+                let bytes: u64 = inputs.iter().flat_map(|(_, f)| f.iter().map(|f| f.size)).sum();
+                // Outputs split on key boundaries can run over the target: reserve double.
+                2 * bytes.div_ceil((*target_file_size).max(1)) + 16
+            }
+            _ => 0,
+        };
+        if n == 0 {
+            return Vec::new();
+        }
+        let first = self.next(NEXT_FILE_ID, n);
+        (first..first + n).collect()
+    }
+
+    /// The worker refused a dispatch (busy) or could not be reached: the attempt ends
+    /// without counting as a failure and the task goes back to the queue.
+    pub fn dispatch_refused(&mut self, task_id: u64, attempt: u32, reason: &str, now_ms: i64) {
+        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        if task.state != TaskState::Running || task.attempt != attempt {
+            return;
+        }
+        if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+            a.ended_at_ms = now_ms;
+        }
+        task.state = TaskState::Pending;
+        task.not_before_ms = now_ms + self.cfg.backoff_base_ms.min(1000) / 4;
+        let _ = reason; // logged by the caller, with its context
+        self.dirty.tasks.insert(task_id);
+        self.progress.remove(&(task_id, attempt));
+        for w in self.workers.values_mut() {
+            w.assigned.remove(&(task_id, attempt));
+        }
+    }
+
+    // ---- completion: fencing and commit ------------------------------------------------
+
+    /// Commits the result of `(task_id, attempt)` if it is the current attempt of a live
+    /// task whose inputs are still in the manifest. Anything else is refused and changes
+    /// nothing (its files become orphans for Cleanup).
+    pub fn complete(
+        &mut self,
+        task_id: u64,
+        attempt: u32,
+        outcome: Outcome,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
+        let task = self.tasks.get(&task_id).ok_or(CoreError::TaskNotFound(task_id))?;
+        if task.state != TaskState::Running || task.attempt != attempt {
+            return Err(CoreError::Refused(format!(
+                "task {task_id} attempt {attempt} is not the current attempt (task is {:?}, current attempt {})",
+                task.state, task.attempt
+            )));
+        }
+        let spec = task.spec.clone();
+        let allowed: BTreeSet<u64> = task
+            .current_attempt()
+            .map(|a| a.output_file_ids.iter().copied().collect())
+            .unwrap_or_default();
+        match outcome {
+            Outcome::Failure(mut error) => {
+                error.attempt = attempt;
+                error.at_ms = now_ms;
+                self.fail_attempt(task_id, error, now_ms);
+                Ok(())
+            }
+            Outcome::Success {
+                files,
+                consumed_inputs,
+                stats,
+            } => {
+                if let Some(f) = files.iter().find(|f| !allowed.contains(&f.id)) {
+                    return Err(CoreError::Refused(format!(
+                        "file id {} was not allocated to task {task_id} attempt {attempt}",
+                        f.id
+                    )));
+                }
+                let edit = match &spec {
+                    TaskSpec::MemtableFlush { .. } => Some(VersionEdit {
+                        removed: Vec::new(),
+                        added: files.iter().map(|f| (0, f.clone())).collect(),
+                    }),
+                    TaskSpec::Compaction {
+                        inputs,
+                        output_level,
+                        ..
+                    } => {
+                        let all: Vec<(u32, u64)> = inputs
+                            .iter()
+                            .flat_map(|(l, fs)| fs.iter().map(move |f| (*l, f.id)))
+                            .collect();
+                        let removed = if consumed_inputs.is_empty() {
+                            all
+                        } else {
+                            all.into_iter()
+                                .filter(|(_, id)| consumed_inputs.contains(id))
+                                .collect()
+                        };
+                        Some(VersionEdit {
+                            removed,
+                            added: files.iter().map(|f| (*output_level, f.clone())).collect(),
+                        })
+                    }
+                    _ => None,
+                };
+                let table = spec.table().to_owned();
+                if let Some(edit) = edit {
+                    let manifest = self.manifests.get(&table).ok_or_else(|| {
+                        CoreError::Refused(format!("table {table:?} no longer exists"))
+                    })?;
+                    let next = manifest.levels.apply(&edit).map_err(|e| {
+                        CoreError::Refused(format!(
+                            "task {task_id} attempt {attempt} cannot commit to table {table}: {e}"
+                        ))
+                    })?;
+                    let checkpoint = match &spec {
+                        TaskSpec::MemtableFlush { last_seq, .. } => {
+                            manifest.checkpoint.max(*last_seq)
+                        }
+                        _ => manifest.checkpoint,
+                    };
+                    let version = manifest.version + 1;
+                    self.manifests.insert(
+                        table.clone(),
+                        ManifestRecord {
+                            table: table.clone(),
+                            version,
+                            checkpoint,
+                            levels: next,
+                        },
+                    );
+                    self.dirty.manifests.insert(table.clone());
+                }
+                if let (TaskSpec::StatisticsUpdate { .. }, Some(stats)) = (&spec, stats) {
+                    if self.tables.contains_key(&table) {
+                        self.stats.insert(table.clone(), stats);
+                        self.dirty.stats.insert(table.clone());
+                    }
+                }
+                if let Some(task) = self.tasks.get_mut(&task_id) {
+                    task.state = TaskState::Succeeded;
+                    task.finished_at_ms = now_ms;
+                    if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+                        a.ended_at_ms = now_ms;
+                    }
+                }
+                self.dirty.tasks.insert(task_id);
+                self.finish_bookkeeping(task_id, attempt);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets final tasks beyond the newest `keep` (failed ones are kept until then too).
+    pub fn prune_finished(&mut self, keep: usize) {
+        let finished: Vec<u64> = self
+            .tasks
+            .values()
+            .filter(|t| t.state.is_final())
+            .map(|t| t.id)
+            .collect();
+        if finished.len() <= keep {
+            return;
+        }
+        for id in &finished[..finished.len() - keep] {
+            self.tasks.remove(id);
+            self.dirty.tasks.insert(*id);
+        }
+    }
+}
+
+/// The worker kind that runs a task kind.
+pub fn worker_kind(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::WalReplay => "replayer",
+        TaskKind::MemtableFlush => "flusher",
+        TaskKind::Compaction | TaskKind::Cleanup | TaskKind::StatisticsUpdate => "compactor",
+    }
+}
+
+/// Exponential backoff: `base × 2^(failures-1)`, capped.
+pub fn backoff_ms(base: i64, cap: i64, failures: u32) -> i64 {
+    let exp = failures.saturating_sub(1).min(30);
+    base.saturating_mul(1i64 << exp).min(cap)
+}
+
+/// Table names: 1–128 of `[A-Za-z0-9_-]` (they become object-store path segments).
+pub fn validate_table_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(CoreError::Invalid(format!(
+            "table name {name:?} must be 1 to 128 characters"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        return Err(CoreError::Invalid(format!(
+            "table name {name:?} contains {c:?}; use letters, digits, '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! Table-driven tests of the state machine, with time passed in.
+
+use super::*;
+use bytes::Bytes;
+
+const T0: i64 = 1_000_000;
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        queue_size: 8,
+        max_attempts: 3,
+        backoff_base_ms: 100,
+        backoff_max_ms: 1000,
+        heartbeat_timeout_ms: 1000,
+        stuck_timeout_ms: 5000,
+        max_running: HashMap::new(),
+        num_levels: 4,
+        aging_ms: 1000,
+    }
+}
+
+fn file(id: u64, a: &str, b: &str, seq: u64) -> FileMeta {
+    FileMeta {
+        id,
+        size: 1000,
+        smallest: Bytes::copy_from_slice(a.as_bytes()),
+        largest: Bytes::copy_from_slice(b.as_bytes()),
+        smallest_seq: seq,
+        largest_seq: seq,
+        entries: 10,
+        tombstones: 0,
+    }
+}
+
+fn flush_spec(memtable_id: u64, last_seq: u64) -> TaskSpec {
+    TaskSpec::MemtableFlush {
+        table: "t".into(),
+        memtable_id,
+        replayer_address: "r:1".into(),
+        first_seq: last_seq - 9,
+        last_seq,
+    }
+}
+
+fn success(files: Vec<FileMeta>) -> Outcome {
+    Outcome::Success {
+        files,
+        consumed_inputs: vec![],
+        stats: None,
+    }
+}
+
+/// A core with table `t` and two flushers.
+fn setup() -> (Core, u64, u64) {
+    let mut c = Core::new(cfg());
+    c.create_table("t", vec![], T0).expect("table");
+    let a = c.register_worker("flusher", "a", "a:1", 1, "v", T0).expect("a");
+    let b = c.register_worker("flusher", "b", "b:1", 1, "v", T0).expect("b");
+    (c, a, b)
+}
+
+#[test]
+fn dispatch_complete_commit() {
+    let (mut c, _, _) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].task_id, d[0].attempt), (id, 1));
+    let out = d[0].output_file_ids[0];
+    c.complete(id, 1, success(vec![file(out, "a", "z", 10)]), T0 + 10)
+        .expect("commit");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!(m.levels.levels[0].len(), 1);
+    assert_eq!(m.checkpoint, 10);
+    assert_eq!(m.version, 2);
+    assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Succeeded));
+    // A duplicate completion is refused and changes nothing.
+    let before = m.clone();
+    assert!(matches!(
+        c.complete(id, 1, success(vec![]), T0 + 20),
+        Err(CoreError::Refused(_))
+    ));
+    assert_eq!(c.manifest("t"), Some(&before));
+}
+
+#[test]
+fn dead_worker_task_goes_elsewhere_and_the_zombie_is_fenced() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let d = c.tick(T0);
+    let first = d[0].worker_id;
+    let other = if first == a { b } else { a };
+    let zombie_file = d[0].output_file_ids[0];
+    // Only the other worker heartbeats.
+    c.heartbeat(other, &[], T0 + 900);
+    c.heartbeat(other, &[], T0 + 1800);
+    let d = c.tick(T0 + 1800);
+    assert!(d.is_empty(), "retry waits for its backoff");
+    let t = c.task(id).expect("task");
+    assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.errors[0].kind, "lease_expired");
+    let d = c.tick(T0 + 1900);
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].worker_id, d[0].attempt), (other, 2));
+    // The first attempt comes back from the dead: refused, manifest unchanged.
+    let before = c.manifest("t").cloned();
+    let r = c.complete(id, 1, success(vec![file(zombie_file, "a", "z", 10)]), T0 + 2000);
+    assert!(matches!(r, Err(CoreError::Refused(_))), "{r:?}");
+    assert_eq!(c.manifest("t").cloned(), before);
+    // If it heartbeats again, it is told to stop the stale attempt.
+    let reply = c.heartbeat(first, &[(id, 1, Progress::default())], T0 + 2000);
+    assert!(reply.cancel.contains(&(id, 1)));
+    // The current attempt commits.
+    let out = d[0].output_file_ids[0];
+    c.complete(id, 2, success(vec![file(out, "a", "z", 10)]), T0 + 2100)
+        .expect("commit");
+}
+
+#[test]
+fn heartbeats_without_progress_make_the_task_stuck() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let w = c.tick(T0)[0].worker_id;
+    let p = Progress {
+        bytes_read: 5,
+        ..Default::default()
+    };
+    let mut now = T0;
+    while now < T0 + 5000 {
+        now += 500;
+        c.heartbeat(a, &[(id, 1, p)].into_iter().filter(|_| w == a).collect::<Vec<_>>(), now);
+        c.heartbeat(b, &[(id, 1, p)].into_iter().filter(|_| w == b).collect::<Vec<_>>(), now);
+        assert!(c.tick(now).is_empty());
+        assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Running), "at {now}");
+    }
+    now += 600;
+    c.heartbeat(a, &[], now);
+    c.heartbeat(b, &[], now);
+    c.tick(now);
+    let t = c.task(id).expect("task");
+    assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.errors.last().map(|e| e.kind.as_str()), Some("stuck"));
+}
+
+#[test]
+fn progress_keeps_a_long_task_alive() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let w = c.tick(T0)[0].worker_id;
+    let other = if w == a { b } else { a };
+    for i in 1..30u64 {
+        let now = T0 + i as i64 * 500;
+        let p = Progress {
+            bytes_read: i,
+            ..Default::default()
+        };
+        c.heartbeat(w, &[(id, 1, p)], now);
+        c.heartbeat(other, &[], now);
+        c.tick(now);
+    }
+    assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Running));
+}
+
+#[test]
+fn failures_back_off_and_fail_after_max_attempts() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let mut now = T0;
+    for attempt in 1..=3u32 {
+        let d = loop {
+            c.heartbeat(a, &[], now);
+            c.heartbeat(b, &[], now);
+            let d = c.tick(now);
+            if !d.is_empty() {
+                break d;
+            }
+            now += 50;
+        };
+        assert_eq!(d[0].attempt, attempt);
+        let err = ErrorRecord {
+            attempt,
+            kind: "flush".into(),
+            message: format!("boom {attempt}"),
+            file: String::new(),
+            offset: 0,
+            retriable: true,
+            at_ms: 0,
+        };
+        c.complete(id, attempt, Outcome::Failure(err), now).expect("recorded");
+        if attempt < 3 {
+            let t = c.task(id).expect("task");
+            assert_eq!(t.not_before_ms - now, backoff_ms(100, 1000, attempt));
+        }
+    }
+    let t = c.task(id).expect("task");
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(t.errors.len(), 3);
+    assert_eq!(c.counts()[&TaskKind::MemtableFlush].failed, 1);
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let cases = [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)];
+    for (failures, expected) in cases {
+        assert_eq!(backoff_ms(100, 1000, failures), expected, "failures {failures}");
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_new_work() {
+    let (mut c, _, _) = setup();
+    for i in 0..8 {
+        c.submit(flush_spec(i, 10 + i * 10), 0, T0).expect("fits");
+    }
+    assert_eq!(
+        c.submit(flush_spec(99, 1000), 0, T0),
+        Err(CoreError::QueueFull {
+            pending: 8,
+            capacity: 8
+        })
+    );
+    // The same memtable again is not new work.
+    assert!(c.submit(flush_spec(3, 40), 0, T0).is_ok());
+}
+
+fn with_files(c: &mut Core, files: &[(u32, FileMeta)]) {
+    let m = c.manifests.get_mut("t").expect("manifest");
+    m.levels = m
+        .levels
+        .apply(&VersionEdit {
+            removed: vec![],
+            added: files.to_vec(),
+        })
+        .expect("fixture");
+}
+
+fn compaction(inputs: Vec<(u32, Vec<FileMeta>)>, output_level: u32) -> TaskSpec {
+    TaskSpec::Compaction {
+        table: "t".into(),
+        inputs,
+        output_level,
+        bottommost: true,
+        target_file_size: 1 << 20,
+        trivial_move: false,
+        reason: "test".into(),
+    }
+}
+
+#[test]
+fn overlapping_compactions_get_a_lock_error_until_the_first_ends() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "c", "c:1", 2, "v", T0).expect("c");
+    with_files(&mut c, &[(0, file(1, "a", "m", 5)), (0, file(2, "c", "z", 9)), (1, file(3, "a", "k", 1))]);
+    let first = c
+        .submit(compaction(vec![(0, vec![file(1, "a", "m", 5)]), (1, vec![file(3, "a", "k", 1)])], 1), 50, T0)
+        .expect("first");
+    let second = c.submit(compaction(vec![(1, vec![file(3, "a", "k", 1)])], 2), 50, T0);
+    assert_eq!(
+        second,
+        Err(CoreError::Lock {
+            table: "t".into(),
+            file_id: 3,
+            task_id: first
+        })
+    );
+    assert!(second.expect_err("lock").to_string().starts_with("LockError"));
+    // A non-overlapping request is fine.
+    c.submit(compaction(vec![(0, vec![file(2, "c", "z", 9)])], 1), 50, T0)
+        .expect("disjoint");
+    let d = c.tick(T0);
+    let out = d.iter().find(|d| d.task_id == first).expect("dispatched").output_file_ids[0];
+    c.complete(first, 1, success(vec![file(out, "a", "m", 5)]), T0 + 1).expect("commit");
+    assert!(c.submit(compaction(vec![(1, vec![file(out, "a", "m", 5)])], 2), 50, T0 + 2).is_ok());
+}
+
+#[test]
+fn a_compaction_whose_inputs_are_gone_cannot_commit() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "c", "c:1", 2, "v", T0).expect("c");
+    with_files(&mut c, &[(0, file(1, "a", "m", 5))]);
+    let id = c.submit(compaction(vec![(0, vec![file(1, "a", "m", 5)])], 1), 50, T0).expect("submit");
+    let d = c.tick(T0);
+    // Someone removed the input meanwhile (a bug elsewhere, or a dropped/recreated table).
+    let m = c.manifests.get_mut("t").expect("manifest");
+    m.levels.levels[0].clear();
+    let before = c.manifest("t").cloned();
+    let r = c.complete(id, 1, success(vec![file(d[0].output_file_ids[0], "a", "m", 5)]), T0 + 1);
+    assert!(matches!(r, Err(CoreError::Refused(_))), "{r:?}");
+    assert_eq!(c.manifest("t").cloned(), before);
+}
+
+#[test]
+fn outputs_not_allocated_to_the_attempt_are_refused() {
+    let (mut c, _, _) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    c.tick(T0);
+    let r = c.complete(id, 1, success(vec![file(999_999, "a", "b", 10)]), T0);
+    assert!(matches!(r, Err(CoreError::Refused(_))));
+    assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Running));
+}
+
+#[test]
+fn cancelling_a_running_task_reaches_its_worker_through_the_heartbeat() {
+    let (mut c, _, _) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let w = c.tick(T0)[0].worker_id;
+    c.cancel(id, T0 + 1).expect("cancel");
+    let reply = c.heartbeat(w, &[(id, 1, Progress::default())], T0 + 2);
+    assert_eq!(reply.cancel, vec![(id, 1)]);
+    assert!(matches!(c.complete(id, 1, success(vec![]), T0 + 3), Err(CoreError::Refused(_))));
+    assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Cancelled));
+}
+
+#[test]
+fn cluster_limits_and_slots_bound_dispatch() {
+    let mut config = cfg();
+    config.max_running.insert(TaskKind::MemtableFlush, 1);
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("table");
+    c.register_worker("flusher", "a", "a:1", 4, "v", T0).expect("a");
+    for i in 0..3 {
+        c.submit(flush_spec(i, 10 + i * 10), 100, T0).expect("submit");
+    }
+    assert_eq!(c.tick(T0).len(), 1, "max_concurrent_flushes = 1");
+    let waiting = c.tasks().find(|t| t.state == TaskState::Pending).expect("pending");
+    assert!(c.waiting_reason(waiting, T0).contains("cluster limit"));
+}
+
+#[test]
+fn older_low_priority_work_is_not_starved() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "c", "c:1", 1, "v", T0).expect("c");
+    let old = c.submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 0, T0).expect("old");
+    let newer = c
+        .submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 50, T0 + 100_000)
+        .expect("new");
+    let d = c.tick(T0 + 100_000);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].task_id, old, "100 s of waiting outweighs 50 priority points");
+    assert_ne!(old, newer);
+}
+
+#[test]
+fn bad_names_and_unknown_tables_are_refused() {
+    let mut c = Core::new(cfg());
+    for bad in ["", "a/b", "..", "x y", &"n".repeat(129)] {
+        assert!(matches!(c.create_table(bad, vec![], T0), Err(CoreError::Invalid(_))), "{bad:?}");
+    }
+    assert_eq!(
+        c.submit(TaskSpec::StatisticsUpdate { table: "nope".into() }, 0, T0),
+        Err(CoreError::TableNotFound("nope".into()))
+    );
+    assert!(c.take_batch().is_empty(), "refusals change nothing");
+}
+
+#[test]
+fn restart_from_the_catalog_restores_queue_manifest_failures_and_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = catalog::Catalog::open(dir.path()).expect("open");
+    let (mut c, a, b) = setup();
+    let done = c.submit(flush_spec(1, 10), 100, T0).expect("s1");
+    let running = c.submit(flush_spec(2, 20), 100, T0).expect("s2");
+    let d = c.tick(T0);
+    let out = d.iter().find(|d| d.task_id == done).expect("d").output_file_ids[0];
+    c.complete(done, 1, success(vec![file(out, "a", "z", 10)]), T0).expect("commit");
+    let queued = c.submit(flush_spec(3, 30), 100, T0).expect("s3");
+    catalog.write(c.take_batch()).expect("persist");
+    drop(catalog);
+
+    let catalog = catalog::Catalog::open(dir.path()).expect("reopen");
+    let mut r = Core::from_snapshot(cfg(), catalog.load().expect("load"), T0 + 10);
+    assert_eq!(r.manifest("t"), c.manifest("t"));
+    for id in [done, running, queued] {
+        assert_eq!(r.task(id), c.task(id), "task {id}");
+    }
+    assert_eq!(r.task(running).map(|t| (t.state, t.attempt)), Some((TaskState::Running, 1)));
+    // Workers that keep heartbeating keep their attempts; ids continue.
+    let w = r.task(running).and_then(|t| t.current_attempt()).map(|a| a.worker_id).expect("w");
+    assert!(!r.heartbeat(w, &[(running, 1, Progress::default())], T0 + 20).reregister);
+    let next = r.submit(flush_spec(4, 40), 100, T0 + 20).expect("s4");
+    assert!(next > queued);
+    let _ = (a, b);
+}
