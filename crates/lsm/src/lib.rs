@@ -6,6 +6,13 @@
 
 pub mod iter;
 pub mod key;
+pub mod memtable;
+pub mod merge;
+pub mod testing;
 
 pub use iter::{BoxError, InternalIterator};
-pub use key::{InternalKey, KeyError, ParsedInternalKey, SeqNo, ValueKind, MAX_SEQNO};
+pub use key::{InternalKey, KeyError, MAX_SEQNO, ParsedInternalKey, SeqNo, ValueKind};
+pub use memtable::{Memtable, MemtableError, MemtableId, MemtableIterator};
+pub use merge::{
+    BoxedIterator, CompactionIterator, CompactionStats, MergingIterator, VisibleIterator,
+};
