@@ -6,6 +6,7 @@
 
 pub mod iter;
 pub mod key;
+pub mod manifest;
 pub mod memtable;
 pub mod merge;
 pub mod testing;

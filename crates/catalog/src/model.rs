@@ -1,0 +1,243 @@
+//! The records the catalog stores. These are the scheduler's domain types (never protobuf
+//! types): the gRPC edge converts to and from them.
+//!
+//! Vocabulary: a *task* is the durable decision that a work item must be done; an
+//! *attempt* is one try of it on one worker. Only the current attempt of a live task may
+//! commit.
+
+use lsm::manifest::{FileMeta, Version};
+use serde::{Deserialize, Serialize};
+
+/// A table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub name: String,
+    /// Declared columns (values are then JSON objects).
+    pub columns: Vec<ColumnDef>,
+    pub created_at_ms: i64,
+    /// Replayer the table is assigned to (empty: none).
+    pub replayer_address: String,
+}
+
+/// A declared column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    /// "int", "float", "string" or "bool".
+    pub kind: String,
+}
+
+/// A table's current manifest version and flushed checkpoint, written together by every
+/// commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub table: String,
+    /// Bumped by every commit.
+    pub version: u64,
+    /// Highest sequence number durable in SSTs.
+    pub checkpoint: u64,
+    pub levels: Version,
+}
+
+/// The type of a work item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    WalReplay,
+    MemtableFlush,
+    Compaction,
+    Cleanup,
+    StatisticsUpdate,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 5] = [
+        TaskKind::WalReplay,
+        TaskKind::MemtableFlush,
+        TaskKind::Compaction,
+        TaskKind::Cleanup,
+        TaskKind::StatisticsUpdate,
+    ];
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            TaskKind::WalReplay => "wal_replay",
+            TaskKind::MemtableFlush => "memtable_flush",
+            TaskKind::Compaction => "compaction",
+            TaskKind::Cleanup => "cleanup",
+            TaskKind::StatisticsUpdate => "statistics_update",
+        }
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    /// Succeeded, failed and cancelled tasks never change again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+/// What a task should do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum TaskSpec {
+    WalReplay {
+        table: String,
+        checkpoint: u64,
+        /// RocksDB's recovery-mode name; empty = the replayer's configured one.
+        recovery_mode: String,
+    },
+    MemtableFlush {
+        table: String,
+        memtable_id: u64,
+        replayer_address: String,
+        first_seq: u64,
+        last_seq: u64,
+        output_file_ids: Vec<u64>,
+    },
+    Compaction {
+        table: String,
+        /// (level, files) of the inputs.
+        inputs: Vec<(u32, Vec<FileMeta>)>,
+        output_level: u32,
+        bottommost: bool,
+        target_file_size: u64,
+        output_file_ids: Vec<u64>,
+        trivial_move: bool,
+        reason: String,
+    },
+    Cleanup {
+        table: String,
+        sst_paths: Vec<String>,
+        wal_paths: Vec<String>,
+        dry_run: bool,
+    },
+    StatisticsUpdate {
+        table: String,
+    },
+}
+
+impl TaskSpec {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskSpec::WalReplay { .. } => TaskKind::WalReplay,
+            TaskSpec::MemtableFlush { .. } => TaskKind::MemtableFlush,
+            TaskSpec::Compaction { .. } => TaskKind::Compaction,
+            TaskSpec::Cleanup { .. } => TaskKind::Cleanup,
+            TaskSpec::StatisticsUpdate { .. } => TaskKind::StatisticsUpdate,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        match self {
+            TaskSpec::WalReplay { table, .. }
+            | TaskSpec::MemtableFlush { table, .. }
+            | TaskSpec::Compaction { table, .. }
+            | TaskSpec::Cleanup { table, .. }
+            | TaskSpec::StatisticsUpdate { table } => table,
+        }
+    }
+
+    /// Input file ids a compaction locks and needs to still exist at commit.
+    pub fn input_file_ids(&self) -> Vec<u64> {
+        match self {
+            TaskSpec::Compaction { inputs, .. } => inputs
+                .iter()
+                .flat_map(|(_, fs)| fs.iter().map(|f| f.id))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Output file ids allocated to the task (referenced until it ends).
+    pub fn output_file_ids(&self) -> &[u64] {
+        match self {
+            TaskSpec::MemtableFlush {
+                output_file_ids, ..
+            }
+            | TaskSpec::Compaction {
+                output_file_ids, ..
+            } => output_file_ids,
+            _ => &[],
+        }
+    }
+}
+
+/// One attempt of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker_id: u64,
+    pub worker_address: String,
+    pub started_at_ms: i64,
+    /// 0 while running.
+    pub ended_at_ms: i64,
+}
+
+/// An error reported by an attempt (or by the scheduler about it: lease expired, stuck).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    pub attempt: u32,
+    /// `replay`, `flush`, `compaction`, `disk_space`, `lock`, `corruption`,
+    /// `invalid_argument`, `not_found`, `cancelled`, `lease_expired`, `stuck`, `internal`.
+    pub kind: String,
+    pub message: String,
+    pub file: String,
+    pub offset: u64,
+    pub retriable: bool,
+    pub at_ms: i64,
+}
+
+/// A task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: u64,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    /// Current attempt (0 before the first dispatch).
+    pub attempt: u32,
+    pub attempts: Vec<AttemptRecord>,
+    pub errors: Vec<ErrorRecord>,
+    pub created_at_ms: i64,
+    /// Not dispatched before this time (retry backoff).
+    pub not_before_ms: i64,
+    /// Higher runs first.
+    pub priority: i32,
+    /// When it reached a final state (0 while live).
+    pub finished_at_ms: i64,
+}
+
+impl TaskRecord {
+    pub fn kind(&self) -> TaskKind {
+        self.spec.kind()
+    }
+}
+
+/// A registered worker, persisted so a restarted scheduler still knows where its running
+/// attempts are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: u64,
+    /// `replayer`, `flusher` or `compactor`.
+    pub kind: String,
+    pub name: String,
+    pub address: String,
+    pub slots: u32,
+    pub version: String,
+    pub registered_at_ms: i64,
+}

@@ -1,0 +1,929 @@
+//! Typed configuration shared by every service.
+//!
+//! One YAML file (`--config path`), every key overridable by environment
+//! (`DP__SECTION__KEY`, e.g. `DP__COMPACTION__STRATEGY=size_tiered`), loaded in the order
+//! defaults → file → environment and validated before anything starts. Every error names
+//! the key it is about, so an operator can fix it from one line; binaries exit with code 64
+//! on any [`ConfigError`].
+//!
+//! Sizes are written like `"64MB"` ([`ByteSize`]) and durations like `"5s"`
+//! ([`Duration`]); both are parsed once, here.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration error; the message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a value that parsed but is not allowed.
+    #[error("invalid config value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    /// The file or environment could not be read or did not match the schema.
+    #[error("invalid config: {0}")]
+    Load(String),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A size in bytes, written as `"64MB"`, `"512KiB"`, `"1G"` or a plain integer.
+/// Decimal and binary units both mean powers of 1024, as RocksDB's and Kubernetes' users
+/// expect from "64MB" in a storage config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        if num.is_empty() {
+            return Err(format!(
+                "size {s:?} does not start with a number (e.g. \"64MB\")"
+            ));
+        }
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("size {s:?} has a malformed number"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "size {s:?} has unknown unit {other:?} (use B, KB, MB, GB or TB)"
+                ));
+            }
+        };
+        let bytes = n * mult as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("size {s:?} is out of range"));
+        }
+        Ok(Self(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("TB", 1 << 40),
+            ("GB", 1 << 30),
+            ("MB", 1 << 20),
+            ("KB", 1 << 10),
+        ];
+        for (name, size) in UNITS {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{name}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A duration, written as `"5s"`, `"250ms"`, `"1m 30s"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn secs(n: u64) -> Self {
+        Self(std::time::Duration::from_secs(n))
+    }
+    pub const fn millis(n: u64) -> Self {
+        Self(std::time::Duration::from_millis(n))
+    }
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Self).map_err(|e| {
+            serde::de::Error::custom(format!("duration {s:?}: {e} (e.g. \"5s\", \"250ms\")"))
+        })
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Work inside each worker and the scheduler's queue.
+    pub processor: ProcessorConfig,
+    /// WAL replay (replayer).
+    pub wal_replay: WalReplayConfig,
+    /// Memtable flush (replayer triggers, flusher executes).
+    pub memtable_flush: MemtableFlushConfig,
+    /// Compaction strategy and limits.
+    pub compaction: CompactionConfig,
+    /// Deletion of obsolete SSTs and WAL segments.
+    pub cleanup: CleanupConfig,
+    /// Table statistics.
+    pub statistics: StatisticsConfig,
+    /// Shared storage for WAL and SSTs.
+    pub storage: StorageConfig,
+    /// The scheduler's catalog.
+    pub catalog: CatalogConfig,
+    /// Listening ports and server limits of every service.
+    pub server: ServerConfig,
+    /// Where workers find the scheduler, and the scheduler's timers.
+    pub scheduler: SchedulerConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `processor` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Parallelism inside each worker (task slots; subcompactions).
+    pub worker_count: u32,
+    /// Maximum tasks waiting in the scheduler's queue; a full queue refuses new work.
+    pub queue_size: u32,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            worker_count: 4,
+            queue_size: 1000,
+        }
+    }
+}
+
+/// How a replayer treats damaged WAL (RocksDB's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum RecoveryMode {
+    /// Ignore an incomplete record at the end of the newest segment; fail on other damage.
+    #[default]
+    TolerateCorruptedTail,
+    /// Fail on any damage, torn tail included.
+    AbsoluteConsistency,
+    /// Stop at the first damage and keep the consistent prefix.
+    PointInTime,
+    /// Skip damaged records and continue.
+    SkipCorrupted,
+}
+
+/// `wal_replay` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalReplayConfig {
+    /// WAL entries read per batch.
+    pub batch_size: u32,
+    /// A memtable older than this is frozen and flushed even if it is not full.
+    pub flush_interval: Duration,
+    /// WAL replays running at once across the cluster.
+    pub max_parallel_replays: u32,
+    /// What to do with damaged WAL.
+    pub recovery_mode: RecoveryMode,
+    /// How often a replayer looks for new WAL segments.
+    pub poll_interval: Duration,
+    /// Frozen memtables a replayer keeps before it stops reading WAL (backpressure).
+    pub max_frozen_memtables: u32,
+}
+
+impl Default for WalReplayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            flush_interval: Duration::secs(300),
+            max_parallel_replays: 4,
+            recovery_mode: RecoveryMode::default(),
+            poll_interval: Duration::millis(100),
+            max_frozen_memtables: 4,
+        }
+    }
+}
+
+/// `memtable_flush` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemtableFlushConfig {
+    /// Size budget of one memtable.
+    pub max_memtable_size: ByteSize,
+    /// A memtable is frozen and flushed at `max_memtable_size × flush_threshold`; in (0, 1].
+    pub flush_threshold: f64,
+    /// Flushes running at once across the cluster.
+    pub max_concurrent_flushes: u32,
+}
+
+impl Default for MemtableFlushConfig {
+    fn default() -> Self {
+        Self {
+            max_memtable_size: ByteSize::mib(64),
+            flush_threshold: 0.8,
+            max_concurrent_flushes: 2,
+        }
+    }
+}
+
+/// Compaction strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Strategy {
+    /// RocksDB-style leveled compaction.
+    #[default]
+    LevelBased,
+    /// Cassandra-style size-tiered compaction.
+    SizeTiered,
+}
+
+/// `compaction.level_based` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LevelBasedConfig {
+    /// Target size of the first level below L0.
+    pub max_bytes_for_level_base: ByteSize,
+    /// Each level is this many times larger than the one above.
+    pub level_multiplier: f64,
+    /// Size level targets from the last level up, as RocksDB's level_compaction_dynamic_level_bytes.
+    pub dynamic_level_bytes: bool,
+    /// Number of levels including L0.
+    pub num_levels: u32,
+}
+
+impl Default for LevelBasedConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes_for_level_base: ByteSize::mib(256),
+            level_multiplier: 10.0,
+            dynamic_level_bytes: true,
+            num_levels: 7,
+        }
+    }
+}
+
+/// `compaction.size_tiered` section (Cassandra's names).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SizeTieredConfig {
+    /// A file joins a bucket if its size is at least `bucket_low ×` the bucket's average.
+    pub bucket_low: f64,
+    /// ... and at most `bucket_high ×` the bucket's average.
+    pub bucket_high: f64,
+    /// Files smaller than this all go into the smallest bucket.
+    pub min_sstable_size: ByteSize,
+    /// Most files merged by one compaction.
+    pub max_threshold: u32,
+}
+
+impl Default for SizeTieredConfig {
+    fn default() -> Self {
+        Self {
+            bucket_low: 0.5,
+            bucket_high: 1.5,
+            min_sstable_size: ByteSize::mib(50),
+            max_threshold: 32,
+        }
+    }
+}
+
+/// `compaction` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// L0 file count (level_based) or bucket size (size_tiered, Cassandra's min_threshold)
+    /// that triggers a compaction.
+    pub trigger_threshold: u32,
+    /// Compactions running at once across the cluster.
+    pub max_concurrent_compactions: u32,
+    /// Output files are split at this size.
+    pub target_file_size: ByteSize,
+    /// `level_based` or `size_tiered`.
+    pub strategy: Strategy,
+    /// Knobs of the level_based strategy.
+    pub level_based: LevelBasedConfig,
+    /// Knobs of the size_tiered strategy.
+    pub size_tiered: SizeTieredConfig,
+    /// A file whose tombstones exceed this fraction of its entries is compacted alone; in (0, 1].
+    pub tombstone_ratio: f64,
+    /// L0 file count at which writes would stall (used by the stall forecast).
+    pub l0_stop_threshold: u32,
+    /// Compaction IO limit per worker in bytes/s; 0 = unlimited.
+    pub rate_limit_bytes_per_sec: ByteSize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            trigger_threshold: 4,
+            max_concurrent_compactions: 2,
+            target_file_size: ByteSize::mib(256),
+            strategy: Strategy::default(),
+            level_based: LevelBasedConfig::default(),
+            size_tiered: SizeTieredConfig::default(),
+            tombstone_ratio: 0.5,
+            l0_stop_threshold: 36,
+            rate_limit_bytes_per_sec: ByteSize(0),
+        }
+    }
+}
+
+/// `cleanup` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// How often Cleanup runs.
+    pub interval: Duration,
+    /// An unreferenced object is deleted only once it is at least this old.
+    pub grace_period: Duration,
+    /// Report what would be deleted without deleting.
+    pub dry_run: bool,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::secs(60),
+            grace_period: Duration::secs(300),
+            dry_run: false,
+        }
+    }
+}
+
+/// `statistics` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatisticsConfig {
+    /// How often StatisticsUpdate runs per table (also after compactions).
+    pub interval: Duration,
+}
+
+impl Default for StatisticsConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::secs(300),
+        }
+    }
+}
+
+/// `storage.s3` section: options of an `s3://` storage URL. Credentials come from the
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) and are never required here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible store (MinIO, ...); empty = AWS.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: bool,
+}
+
+/// `storage` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file:///path` (local directory or shared volume) or `s3://bucket/prefix`.
+    pub url: String,
+    /// Options for `s3://` URLs.
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "file://./data/storage".to_owned(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// `catalog` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Directory of the scheduler's RocksDB catalog.
+    pub path: String,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            path: "./data/catalog".to_owned(),
+        }
+    }
+}
+
+/// Ports of one service. Port 0 binds a free port (tests).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortsConfig {
+    /// gRPC port: the service, Health and reflection.
+    pub grpc_port: u16,
+    /// HTTP port: /health, /ready, /metrics.
+    pub http_port: u16,
+    /// Address other services use to reach this one (`host:port`); empty = the advertised
+    /// host and the bound gRPC port.
+    pub advertised_address: String,
+}
+
+impl PortsConfig {
+    fn with(grpc_port: u16, http_port: u16) -> Self {
+        Self {
+            grpc_port,
+            http_port,
+            advertised_address: String::new(),
+        }
+    }
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        Self::with(0, 0)
+    }
+}
+
+/// `server` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Interface to listen on.
+    pub host: String,
+    /// Host name or IP that goes into advertised addresses (the pod IP in Kubernetes).
+    pub advertised_host: String,
+    /// Time allowed to drain in-flight work after SIGTERM before exiting.
+    pub drain_timeout: Duration,
+    /// Deadline of every RPC served.
+    pub request_timeout: Duration,
+    /// RPCs served at once per connection; beyond it requests are shed (UNAVAILABLE).
+    pub max_concurrent_requests: u32,
+    /// Scheduler ports.
+    pub scheduler: PortsConfig,
+    /// Replayer ports.
+    pub replayer: PortsConfig,
+    /// Flusher ports.
+    pub flusher: PortsConfig,
+    /// Compactor ports.
+    pub compactor: PortsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".to_owned(),
+            advertised_host: "127.0.0.1".to_owned(),
+            drain_timeout: Duration::secs(10),
+            request_timeout: Duration::secs(30),
+            max_concurrent_requests: 256,
+            scheduler: PortsConfig::with(50051, 8082),
+            replayer: PortsConfig::with(50052, 8083),
+            flusher: PortsConfig::with(50053, 8084),
+            compactor: PortsConfig::with(50054, 8085),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The ports of a service by name.
+    pub fn ports(&self, service: ServiceKind) -> &PortsConfig {
+        match service {
+            ServiceKind::Scheduler => &self.scheduler,
+            ServiceKind::Replayer => &self.replayer,
+            ServiceKind::Flusher => &self.flusher,
+            ServiceKind::Compactor => &self.compactor,
+        }
+    }
+}
+
+/// `scheduler` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Where workers reach the scheduler's gRPC port.
+    pub endpoint: String,
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// No heartbeat for this long: the worker is presumed dead and its tasks retried.
+    pub heartbeat_timeout: Duration,
+    /// Heartbeats without progress for this long: the task is stuck and retried.
+    pub stuck_timeout: Duration,
+    /// Attempts before a task is marked failed.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt.
+    pub retry_backoff_base: Duration,
+    /// Largest retry delay.
+    pub retry_backoff_max: Duration,
+    /// How often the pickers run without a commit to wake them.
+    pub pick_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:50051".to_owned(),
+            heartbeat_interval: Duration::secs(1),
+            heartbeat_timeout: Duration::secs(10),
+            stuck_timeout: Duration::secs(120),
+            max_attempts: 5,
+            retry_backoff_base: Duration::secs(1),
+            retry_backoff_max: Duration::secs(60),
+            pick_interval: Duration::secs(5),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `telemetry` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing` filter, e.g. `info` or `info,scheduler=debug`.
+    pub log_level: String,
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://jaeger:4317`); empty = no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans; empty = the service's own name.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".to_owned(),
+            log_format: LogFormat::default(),
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+        }
+    }
+}
+
+/// The four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    Scheduler,
+    Replayer,
+    Flusher,
+    Compactor,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Scheduler,
+        ServiceKind::Replayer,
+        ServiceKind::Flusher,
+        ServiceKind::Compactor,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Scheduler => "scheduler",
+            ServiceKind::Replayer => "replayer",
+            ServiceKind::Flusher => "flusher",
+            ServiceKind::Compactor => "compactor",
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Config {
+    /// Loads defaults → `file` (if any) → environment variables `DP__SECTION__KEY`, then
+    /// validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Yaml)
+                    .required(true),
+            );
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("DP__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("DP")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        let fraction = |key: &str, v: f64| {
+            if v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("{v} is outside (0, 1]")))
+            }
+        };
+        positive("processor.worker_count", self.processor.worker_count.into())?;
+        positive("processor.queue_size", self.processor.queue_size.into())?;
+        positive("wal_replay.batch_size", self.wal_replay.batch_size.into())?;
+        positive(
+            "wal_replay.max_parallel_replays",
+            self.wal_replay.max_parallel_replays.into(),
+        )?;
+        positive(
+            "wal_replay.max_frozen_memtables",
+            self.wal_replay.max_frozen_memtables.into(),
+        )?;
+        positive(
+            "memtable_flush.max_memtable_size",
+            self.memtable_flush.max_memtable_size.0,
+        )?;
+        fraction(
+            "memtable_flush.flush_threshold",
+            self.memtable_flush.flush_threshold,
+        )?;
+        positive(
+            "memtable_flush.max_concurrent_flushes",
+            self.memtable_flush.max_concurrent_flushes.into(),
+        )?;
+        let c = &self.compaction;
+        if c.trigger_threshold < 2 {
+            return Err(invalid(
+                "compaction.trigger_threshold",
+                "must be at least 2",
+            ));
+        }
+        positive(
+            "compaction.max_concurrent_compactions",
+            c.max_concurrent_compactions.into(),
+        )?;
+        positive("compaction.target_file_size", c.target_file_size.0)?;
+        fraction("compaction.tombstone_ratio", c.tombstone_ratio)?;
+        positive(
+            "compaction.level_based.max_bytes_for_level_base",
+            c.level_based.max_bytes_for_level_base.0,
+        )?;
+        if c.level_based.level_multiplier <= 1.0 {
+            return Err(invalid(
+                "compaction.level_based.level_multiplier",
+                "must be greater than 1",
+            ));
+        }
+        if !(2..=16).contains(&c.level_based.num_levels) {
+            return Err(invalid(
+                "compaction.level_based.num_levels",
+                "must be in 2..=16",
+            ));
+        }
+        let st = &c.size_tiered;
+        if !(st.bucket_low > 0.0 && st.bucket_low < 1.0) {
+            return Err(invalid(
+                "compaction.size_tiered.bucket_low",
+                "must be in (0, 1)",
+            ));
+        }
+        if st.bucket_high <= 1.0 {
+            return Err(invalid(
+                "compaction.size_tiered.bucket_high",
+                "must be greater than 1",
+            ));
+        }
+        if st.max_threshold < c.trigger_threshold {
+            return Err(invalid(
+                "compaction.size_tiered.max_threshold",
+                "must be at least compaction.trigger_threshold",
+            ));
+        }
+        if self.storage.url.is_empty() {
+            return Err(invalid("storage.url", "must not be empty"));
+        }
+        if !(self.storage.url.starts_with("file://")
+            || self.storage.url.starts_with("s3://")
+            || self.storage.url.starts_with("memory://"))
+        {
+            return Err(invalid(
+                "storage.url",
+                format!(
+                    "{:?} has an unsupported scheme (use file:///path or s3://bucket/prefix)",
+                    self.storage.url
+                ),
+            ));
+        }
+        if self.catalog.path.is_empty() {
+            return Err(invalid("catalog.path", "must not be empty"));
+        }
+        positive(
+            "server.max_concurrent_requests",
+            self.server.max_concurrent_requests.into(),
+        )?;
+        let s = &self.scheduler;
+        if !(s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://")) {
+            return Err(invalid(
+                "scheduler.endpoint",
+                format!("{:?} must start with http:// or https://", s.endpoint),
+            ));
+        }
+        if s.heartbeat_timeout.0 <= s.heartbeat_interval.0 {
+            return Err(invalid(
+                "scheduler.heartbeat_timeout",
+                "must be longer than scheduler.heartbeat_interval",
+            ));
+        }
+        positive("scheduler.max_attempts", s.max_attempts.into())?;
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).map_err(|e| {
+            invalid(
+                "telemetry.log_level",
+                format!("{:?}: {e}", self.telemetry.log_level),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for RecoveryMode {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "tolerate_corrupted_tail" => Ok(Self::TolerateCorruptedTail),
+            "absolute_consistency" => Ok(Self::AbsoluteConsistency),
+            "point_in_time" => Ok(Self::PointInTime),
+            "skip_corrupted" => Ok(Self::SkipCorrupted),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: tolerate_corrupted_tail, absolute_consistency, point_in_time, skip_corrupted)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "level_based" => Ok(Self::LevelBased),
+            "size_tiered" => Ok(Self::SizeTiered),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: level_based, size_tiered)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "pretty" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown value {other:?} (expected one of: pretty, json)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_yaml(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        Config::load_with_env(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("64MB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
+        assert_eq!("512KiB".parse::<ByteSize>(), Ok(ByteSize(512 << 10)));
+        assert_eq!("1.5G".parse::<ByteSize>(), Ok(ByteSize(3 << 29)));
+        assert_eq!("100".parse::<ByteSize>(), Ok(ByteSize(100)));
+        assert!("64XB".parse::<ByteSize>().is_err());
+        assert!("MB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MB");
+    }
+
+    #[test]
+    fn seed_keys_load_and_env_beats_file() {
+        let yaml = "processor:\n  worker_count: 8\n  queue_size: 50\nwal_replay:\n  batch_size: 10\n  flush_interval: 5s\nmemtable_flush:\n  max_memtable_size: 32MB\n  flush_threshold: 0.5\ncompaction:\n  strategy: size_tiered\n  trigger_threshold: 6\n";
+        let cfg = load_yaml(yaml, &[("DP__PROCESSOR__WORKER_COUNT", "3")]).expect("valid");
+        assert_eq!(cfg.processor.worker_count, 3);
+        assert_eq!(cfg.processor.queue_size, 50);
+        assert_eq!(cfg.wal_replay.flush_interval.get().as_secs(), 5);
+        assert_eq!(cfg.memtable_flush.max_memtable_size, ByteSize(32 << 20));
+        assert_eq!(cfg.compaction.strategy, Strategy::SizeTiered);
+        assert_eq!(cfg.compaction.trigger_threshold, 6);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("compaction:\n  strategy: bogus\n", "strategy"),
+            (
+                "memtable_flush:\n  flush_threshold: 1.5\n",
+                "memtable_flush.flush_threshold",
+            ),
+            (
+                "memtable_flush:\n  flush_threshold: 0\n",
+                "memtable_flush.flush_threshold",
+            ),
+            (
+                "memtable_flush:\n  max_memtable_size: 12QB\n",
+                "max_memtable_size",
+            ),
+            ("compaction:\n  no_such_key: 1\n", "no_such_key"),
+            ("wal_replay:\n  flush_interval: soon\n", "flush_interval"),
+        ];
+        for (yaml, key) in cases {
+            let err = load_yaml(yaml, &[]).expect_err(yaml).to_string();
+            assert!(err.contains(key), "error {err:?} should name {key}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The scheduler: the one active instance that owns the catalog, decides what work is
+//! needed, dispatches it to registered workers, tracks their leases, and serves the
+//! operators' admin API.
+//!
+//! Vocabulary (used everywhere in this crate): a *worker* is a registered replayer, flusher
+//! or compactor; a *task* is the durable decision that a work item must be done; an
+//! *attempt* is one try of a task on one worker.
+//!
+//! This crate is the gRPC edge plus the policy around it; worker bookkeeping is pure state
+//! in [`registry`].
+
+pub mod registry;
+mod service;
+
+use std::sync::Arc;
+
+use proto::v1::admin_server::AdminServer;
+use proto::v1::scheduler_server::SchedulerServer;
+use runtime::ServiceContext;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use service::SchedulerState;
+
+/// Runs the scheduler until `ctx.shutdown` is cancelled.
+pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
+    let state = Arc::new(SchedulerState::new(&ctx));
+    let (health, router) = runtime::grpc::router(&ctx.config.server)?;
+    health
+        .set_serving::<SchedulerServer<service::SchedulerApi>>()
+        .await;
+    health.set_serving::<AdminServer<service::AdminApi>>().await;
+    ctx.readiness.set(true);
+    tracing::info!(address = %ctx.advertised_address, "scheduler serving");
+    let shutdown = ctx.shutdown.clone();
+    router
+        .add_service(SchedulerServer::new(service::SchedulerApi(state.clone())))
+        .add_service(AdminServer::new(service::AdminApi(state)))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(ctx.grpc_listener),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}
