@@ -8,17 +8,24 @@ APT_UPDATED := /tmp/.data-processor-apt-updated
 
 .PHONY: run build test lint fmt bench fuzz deps test-tools clean
 
+# Every build uses the whole workspace with all targets, so cargo resolves the same
+# features each time: RocksDB's build script (bindgen) shares host dependencies with
+# prost-build and the proc-macros, and any other feature set would compile RocksDB again.
+BUILD := $(CARGO) build --workspace --all-targets
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c "import json,sys; print(json.load(sys.stdin)['target_directory'])")
+
 ## run: start the all-in-one data-processor (four services, local storage under ./data)
 run: deps
-	$(CARGO) run -p data-processor -- $(if $(CONFIG),--config $(CONFIG),)
+	$(BUILD)
+	$(TARGET_DIR)/debug/data-processor $(if $(CONFIG),--config $(CONFIG),)
 
-## build: build every binary
+## build: build every binary and test
 build: deps
-	$(CARGO) build --workspace --bins
+	$(BUILD)
 
 ## test: build the binaries, then run every test (unit, property, end-to-end)
 test: deps test-tools
-	$(CARGO) build --workspace --bins
+	$(BUILD)
 	$(CARGO) test --workspace
 
 ## lint: formatting check and clippy with warnings denied

@@ -7,6 +7,13 @@
 pub mod iter;
 pub mod key;
 pub mod manifest;
+pub mod memtable;
+pub mod merge;
+pub mod testing;
 
 pub use iter::{BoxError, InternalIterator};
 pub use key::{InternalKey, KeyError, MAX_SEQNO, ParsedInternalKey, SeqNo, ValueKind};
+pub use memtable::{Memtable, MemtableError, MemtableId, MemtableIterator};
+pub use merge::{
+    BoxedIterator, CompactionIterator, CompactionStats, MergingIterator, VisibleIterator,
+};
