@@ -4,6 +4,8 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
+pub mod fake;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -217,7 +217,10 @@ impl TaskRecord {
 
     /// The current attempt's record, if it was dispatched.
     pub fn current_attempt(&self) -> Option<&AttemptRecord> {
-        self.attempts.iter().rev().find(|a| a.attempt == self.attempt)
+        self.attempts
+            .iter()
+            .rev()
+            .find(|a| a.attempt == self.attempt)
     }
 }
 

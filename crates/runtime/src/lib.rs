@@ -50,6 +50,28 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// A context on 127.0.0.1 with a free gRPC port, for tests that run a service inside
+    /// the test process and talk to it over real gRPC.
+    pub async fn bind_local(
+        kind: ServiceKind,
+        config: Config,
+        scheduler_endpoint: &str,
+    ) -> std::io::Result<Self> {
+        let grpc_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let advertised_address = grpc_listener.local_addr()?.to_string();
+        Ok(Self {
+            kind,
+            config: Arc::new(config),
+            grpc_listener,
+            advertised_address,
+            scheduler_endpoint: scheduler_endpoint.to_owned(),
+            readiness: Readiness::default(),
+            metrics: metrics::install(),
+            shutdown: CancellationToken::new(),
+            started_at: Instant::now(),
+        })
+    }
+
     /// Seconds since start.
     pub fn uptime_seconds(&self) -> u64 {
         self.started_at.elapsed().as_secs()

@@ -63,7 +63,11 @@ pub enum CoreError {
     #[error("queue full: {pending} tasks pending (processor.queue_size = {capacity})")]
     QueueFull { pending: usize, capacity: usize },
     #[error("LockError: file {file_id} of table {table} is locked by running task {task_id}")]
-    Lock { table: String, file_id: u64, task_id: u64 },
+    Lock {
+        table: String,
+        file_id: u64,
+        task_id: u64,
+    },
     #[error("table {0:?} not found")]
     TableNotFound(String),
     #[error("table {0:?} already exists")]
@@ -430,7 +434,8 @@ impl Core {
                 }
             }
         }
-        if let Some((&file_id, &task_id)) = inputs.iter().find_map(|f| self.locks.get_key_value(f)) {
+        if let Some((&file_id, &task_id)) = inputs.iter().find_map(|f| self.locks.get_key_value(f))
+        {
             return Err(CoreError::Lock {
                 table,
                 file_id,
@@ -479,7 +484,12 @@ impl Core {
             )));
         }
         if task.state == TaskState::Running {
-            if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == task.attempt) {
+            if let Some(a) = task
+                .attempts
+                .iter_mut()
+                .rev()
+                .find(|a| a.attempt == task.attempt)
+            {
                 a.ended_at_ms = now_ms;
                 self.pending_cancels
                     .entry(a.worker_id)
@@ -506,8 +516,10 @@ impl Core {
 
     /// Counts per kind.
     pub fn counts(&self) -> BTreeMap<TaskKind, KindCounts> {
-        let mut out: BTreeMap<TaskKind, KindCounts> =
-            TaskKind::ALL.iter().map(|k| (*k, KindCounts::default())).collect();
+        let mut out: BTreeMap<TaskKind, KindCounts> = TaskKind::ALL
+            .iter()
+            .map(|k| (*k, KindCounts::default()))
+            .collect();
         for t in self.tasks.values() {
             let c = out.entry(t.kind()).or_default();
             match t.state {
@@ -539,7 +551,7 @@ impl Core {
                 return format!("cluster limit: {running}/{limit} {} running", kind.label());
             }
         }
-        match self.free_worker(worker_kind(kind), now_ms) {
+        match self.free_worker(worker_kind(kind), now_ms, None) {
             Some(_) => "ready: waiting for the next dispatch round".to_owned(),
             None => format!("no live {} with a free slot", worker_kind(kind)),
         }
@@ -557,10 +569,14 @@ impl Core {
         now_ms: i64,
     ) -> Result<u64, CoreError> {
         if !matches!(kind, "replayer" | "flusher" | "compactor") {
-            return Err(CoreError::Invalid(format!("kind: unknown worker kind {kind:?}")));
+            return Err(CoreError::Invalid(format!(
+                "kind: unknown worker kind {kind:?}"
+            )));
         }
         if address.is_empty() {
-            return Err(CoreError::Invalid("advertised_address: must not be empty".into()));
+            return Err(CoreError::Invalid(
+                "advertised_address: must not be empty".into(),
+            ));
         }
         if slots == 0 {
             return Err(CoreError::Invalid("slots: must be at least 1".into()));
@@ -585,7 +601,11 @@ impl Core {
                 record: WorkerRecord {
                     id,
                     kind: kind.to_owned(),
-                    name: if name.is_empty() { address.to_owned() } else { name.to_owned() },
+                    name: if name.is_empty() {
+                        address.to_owned()
+                    } else {
+                        name.to_owned()
+                    },
                     address: address.to_owned(),
                     slots,
                     version: version.to_owned(),
@@ -627,7 +647,8 @@ impl Core {
             let current = self.tasks.get(task_id).is_some_and(|t| {
                 t.state == TaskState::Running
                     && t.attempt == *attempt
-                    && t.current_attempt().is_some_and(|a| a.worker_id == worker_id)
+                    && t.current_attempt()
+                        .is_some_and(|a| a.worker_id == worker_id)
             });
             if !current {
                 if !cancel.contains(&(*task_id, *attempt)) {
@@ -635,10 +656,13 @@ impl Core {
                 }
                 continue;
             }
-            let mark = self.progress.entry((*task_id, *attempt)).or_insert(ProgressMark {
-                value: *progress,
-                changed_at_ms: now_ms,
-            });
+            let mark = self
+                .progress
+                .entry((*task_id, *attempt))
+                .or_insert(ProgressMark {
+                    value: *progress,
+                    changed_at_ms: now_ms,
+                });
             if mark.value != *progress {
                 mark.value = *progress;
                 mark.changed_at_ms = now_ms;
@@ -655,12 +679,14 @@ impl Core {
         self.progress.get(&(task_id, attempt)).map(|m| m.value)
     }
 
-    fn free_worker(&self, kind: &str, now_ms: i64) -> Option<&LiveWorker> {
+    /// The least loaded live worker of `kind` with a free slot, avoiding `avoid` (the
+    /// worker of the previous attempt: a retry goes elsewhere when it can).
+    fn free_worker(&self, kind: &str, now_ms: i64, avoid: Option<u64>) -> Option<&LiveWorker> {
         self.workers
             .values()
             .filter(|w| w.record.kind == kind && self.is_alive(w, now_ms))
             .filter(|w| (w.assigned.len() as u32) < w.record.slots)
-            .min_by_key(|w| (w.assigned.len(), w.record.id))
+            .min_by_key(|w| (Some(w.record.id) == avoid, w.assigned.len(), w.record.id))
     }
 
     // ---- the clock: leases, stuck attempts, dispatch -----------------------------------
@@ -675,8 +701,14 @@ impl Core {
 
     fn expire(&mut self, now_ms: i64) {
         let mut failures = Vec::new();
-        for t in self.tasks.values().filter(|t| t.state == TaskState::Running) {
-            let Some(a) = t.current_attempt() else { continue };
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+        {
+            let Some(a) = t.current_attempt() else {
+                continue;
+            };
             let worker = self.workers.get(&a.worker_id);
             let dead = worker.is_none_or(|w| !self.is_alive(w, now_ms));
             if dead {
@@ -714,7 +746,10 @@ impl Core {
                 .and_then(|t| t.current_attempt())
                 .map(|a| a.worker_id)
             {
-                self.pending_cancels.entry(w).or_default().push((id, attempt));
+                self.pending_cancels
+                    .entry(w)
+                    .or_default()
+                    .push((id, attempt));
             }
             self.fail_attempt(
                 id,
@@ -739,9 +774,16 @@ impl Core {
             self.cfg.backoff_base_ms,
             self.cfg.backoff_max_ms,
         );
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let attempt = task.attempt;
-        if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+        if let Some(a) = task
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt)
+        {
             a.ended_at_ms = now_ms;
         }
         let retriable = error.retriable;
@@ -779,24 +821,41 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        for t in self.tasks.values().filter(|t| t.state == TaskState::Running) {
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+        {
             *running.entry(t.kind()).or_default() += 1;
         }
         let mut out = Vec::new();
         for (_, id) in ready {
-            let Some(kind) = self.tasks.get(&id).map(|t| t.kind()) else { continue };
-            let limit = self.cfg.max_running.get(&kind).copied().unwrap_or(usize::MAX);
+            let Some((kind, avoid)) = self
+                .tasks
+                .get(&id)
+                .map(|t| (t.kind(), t.attempts.last().map(|a| a.worker_id)))
+            else {
+                continue;
+            };
+            let limit = self
+                .cfg
+                .max_running
+                .get(&kind)
+                .copied()
+                .unwrap_or(usize::MAX);
             if running.get(&kind).copied().unwrap_or(0) >= limit {
                 continue;
             }
             let Some((worker_id, address)) = self
-                .free_worker(worker_kind(kind), now_ms)
+                .free_worker(worker_kind(kind), now_ms, avoid)
                 .map(|w| (w.record.id, w.record.address.clone()))
             else {
                 continue;
             };
             let output_file_ids = self.allocate_outputs(id);
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             task.attempt += 1;
             task.state = TaskState::Running;
             task.attempts.push(AttemptRecord {
@@ -848,7 +907,10 @@ impl Core {
                 trivial_move: false,
                 ..
             }) => {
-                let bytes: u64 = inputs.iter().flat_map(|(_, f)| f.iter().map(|f| f.size)).sum();
+                let bytes: u64 = inputs
+                    .iter()
+                    .flat_map(|(_, f)| f.iter().map(|f| f.size))
+                    .sum();
                 // Outputs split on key boundaries can run over the target: reserve double.
                 2 * bytes.div_ceil((*target_file_size).max(1)) + 16
             }
@@ -864,11 +926,18 @@ impl Core {
     /// The worker refused a dispatch (busy) or could not be reached: the attempt ends
     /// without counting as a failure and the task goes back to the queue.
     pub fn dispatch_refused(&mut self, task_id: u64, attempt: u32, reason: &str, now_ms: i64) {
-        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
         if task.state != TaskState::Running || task.attempt != attempt {
             return;
         }
-        if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+        if let Some(a) = task
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt)
+        {
             a.ended_at_ms = now_ms;
         }
         task.state = TaskState::Pending;
@@ -893,7 +962,10 @@ impl Core {
         outcome: Outcome,
         now_ms: i64,
     ) -> Result<(), CoreError> {
-        let task = self.tasks.get(&task_id).ok_or(CoreError::TaskNotFound(task_id))?;
+        let task = self
+            .tasks
+            .get(&task_id)
+            .ok_or(CoreError::TaskNotFound(task_id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
             return Err(CoreError::Refused(format!(
                 "task {task_id} attempt {attempt} is not the current attempt (task is {:?}, current attempt {})",
@@ -988,7 +1060,12 @@ impl Core {
                 if let Some(task) = self.tasks.get_mut(&task_id) {
                     task.state = TaskState::Succeeded;
                     task.finished_at_ms = now_ms;
-                    if let Some(a) = task.attempts.iter_mut().rev().find(|a| a.attempt == attempt) {
+                    if let Some(a) = task
+                        .attempts
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.attempt == attempt)
+                    {
                         a.ended_at_ms = now_ms;
                     }
                 }
@@ -1039,7 +1116,10 @@ pub fn validate_table_name(name: &str) -> Result<(), CoreError> {
             "table name {name:?} must be 1 to 128 characters"
         )));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(CoreError::Invalid(format!(
             "table name {name:?} contains {c:?}; use letters, digits, '_' and '-'"
         )));

@@ -6,11 +6,12 @@
 //! or compactor; a *task* is the durable decision that a work item must be done; an
 //! *attempt* is one try of a task on one worker.
 //!
-//! This crate is the gRPC edge plus the policy around it; worker bookkeeping is pure state
-//! in [`registry`].
+//! The state machine is pure and lives in [`core`]; [`manual`] turns operator requests
+//! into specs; the gRPC edge, the catalog writes and the dispatch loop are in `service`.
 
+mod convert;
 pub mod core;
-pub mod registry;
+pub mod manual;
 mod service;
 
 use std::sync::Arc;
@@ -24,7 +25,8 @@ pub use service::SchedulerState;
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
-    let state = Arc::new(SchedulerState::new(&ctx));
+    let state = Arc::new(SchedulerState::open(&ctx)?);
+    let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
     health
         .set_serving::<SchedulerServer<service::SchedulerApi>>()
@@ -41,5 +43,6 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
             shutdown.cancelled_owned(),
         )
         .await?;
+    dispatcher.abort();
     Ok(())
 }

@@ -1,41 +1,258 @@
-//! The scheduler's gRPC edge: the worker-facing `Scheduler` service and the operators'
-//! `Admin` service. Requests are validated and converted here; state lives in
-//! [`SchedulerState`].
+//! The scheduler's IO edge: the worker-facing `Scheduler` service, the operators' `Admin`
+//! service, and the dispatch loop. State lives in the pure [`Core`]; every change is
+//! persisted to the catalog (one synced WriteBatch) before anyone acts on it.
+//!
+//! Order of persistence, written down once: (1) the core mutates its in-memory state and
+//! marks what changed; (2) [`SchedulerState::mutate`] writes those changes as one synced
+//! batch while still holding the core's lock, so batches reach the catalog in the order
+//! the changes were made; (3) only then are replies sent and dispatch RPCs made. If a
+//! catalog write fails the process stops: a restart reloads the last durable state, and
+//! what was not persisted was never acted on.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use proto::v1::{
-    GetStatusRequest, GetStatusResponse, HeartbeatRequest, HeartbeatResponse,
-    RegisterWorkerRequest, RegisterWorkerResponse, ServiceInfo, WorkerInfo, WorkerKind,
-};
+use catalog::{Catalog, ColumnDef, TaskKind, TaskSpec, TaskState};
+use proto::v1 as pb;
 use runtime::ServiceContext;
 use runtime::config::Config;
+use runtime::grpc::{TracedChannel, connect_lazy, endpoint_url};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
-use crate::registry::{Registration, Registry};
+use crate::convert::{self, DispatchCall, status_of};
+use crate::core::{Core, CoreConfig, Dispatch};
+
+/// Wall-clock milliseconds: the only clock read of the scheduler, passed into the core.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Priorities: flushes and replays first, then L0 compactions, deeper compactions, then
+/// housekeeping. Waiting time is added by the core, so nothing starves.
+pub fn priority_of(spec: &TaskSpec) -> i32 {
+    match spec {
+        TaskSpec::MemtableFlush { .. } => 100,
+        TaskSpec::WalReplay { .. } => 90,
+        TaskSpec::Compaction { inputs, .. } => {
+            let top = inputs.first().map_or(0, |(l, _)| *l as i32);
+            80 - 5 * top
+        }
+        TaskSpec::Cleanup { .. } | TaskSpec::StatisticsUpdate { .. } => 10,
+    }
+}
+
+/// The core's limits and timers from the service config.
+pub fn core_config(cfg: &Config) -> CoreConfig {
+    let s = &cfg.scheduler;
+    let mut max_running = std::collections::HashMap::new();
+    max_running.insert(
+        TaskKind::MemtableFlush,
+        cfg.memtable_flush.max_concurrent_flushes as usize,
+    );
+    max_running.insert(
+        TaskKind::Compaction,
+        cfg.compaction.max_concurrent_compactions as usize,
+    );
+    max_running.insert(
+        TaskKind::WalReplay,
+        cfg.wal_replay.max_parallel_replays as usize,
+    );
+    CoreConfig {
+        queue_size: cfg.processor.queue_size as usize,
+        max_attempts: s.max_attempts,
+        backoff_base_ms: s.retry_backoff_base.get().as_millis() as i64,
+        backoff_max_ms: s.retry_backoff_max.get().as_millis() as i64,
+        heartbeat_timeout_ms: s.heartbeat_timeout.get().as_millis() as i64,
+        stuck_timeout_ms: s.stuck_timeout.get().as_millis() as i64,
+        max_running,
+        num_levels: cfg.compaction.level_based.num_levels as usize,
+        aging_ms: 1000,
+    }
+}
 
 /// Shared state of the scheduler process.
 pub struct SchedulerState {
     config: Arc<Config>,
     advertised_address: String,
-    started_at: Instant,
-    registry: Mutex<Registry>,
+    started_at: std::time::Instant,
+    core: Mutex<Core>,
+    catalog: Catalog,
+    /// Wakes the dispatch loop when there may be work to hand out.
+    wake: Notify,
+    channels: Mutex<BTreeMap<String, TracedChannel>>,
 }
 
 impl SchedulerState {
-    pub fn new(ctx: &ServiceContext) -> Self {
-        Self {
+    /// Opens the catalog and rebuilds the state from it.
+    pub fn open(ctx: &ServiceContext) -> anyhow::Result<Self> {
+        let path = std::path::Path::new(&ctx.config.catalog.path);
+        std::fs::create_dir_all(path)
+            .map_err(|e| anyhow::anyhow!("catalog.path {}: {e}", path.display()))?;
+        let catalog = Catalog::open(path)?;
+        let snapshot = catalog.load()?;
+        let core = Core::from_snapshot(core_config(&ctx.config), snapshot, now_ms());
+        Ok(Self {
             config: ctx.config.clone(),
             advertised_address: ctx.advertised_address.clone(),
             started_at: ctx.started_at,
-            registry: Mutex::new(Registry::default()),
+            core: Mutex::new(core),
+            catalog,
+            wake: Notify::new(),
+            channels: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the core and persists what it changed before returning its result.
+    pub fn mutate<R>(&self, f: impl FnOnce(&mut Core, i64) -> R) -> R {
+        let mut core = self.lock();
+        let out = f(&mut core, now_ms());
+        let batch = core.take_batch();
+        if !batch.is_empty() {
+            let write = || self.catalog.write(batch);
+            let res = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(write)
+                }
+                _ => write(),
+            };
+            if let Err(e) = res {
+                // Fail-stop: nothing of this change was acted on; a restart reloads the
+                // last durable state.
+                tracing::error!("catalog write failed: {e}; stopping");
+                eprintln!("error: catalog write failed: {e}; stopping");
+                std::process::exit(70);
+            }
+        }
+        out
+    }
+
+    /// Reads the core without changing it.
+    pub fn read<R>(&self, f: impl FnOnce(&Core, i64) -> R) -> R {
+        let core = self.lock();
+        f(&core, now_ms())
+    }
+
+    fn channel(&self, address: &str) -> Result<TracedChannel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = connect_lazy(
+            &endpoint_url(address),
+            self.config.server.request_timeout.get(),
+        )
+        .map_err(|e| Status::unavailable(format!("worker address {address}: {e}")))?;
+        channels.insert(address.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Sends one dispatch RPC; a refusal or an unreachable worker returns the task to the
+    /// queue.
+    async fn send(self: Arc<Self>, d: Dispatch) {
+        let span = tracing::info_span!("dispatch", task_id = d.task_id, attempt = d.attempt, table = d.spec.table(), task_type = d.spec.kind().label(), worker = %d.address);
+        let _enter = span.enter();
+        let result = async {
+            let channel = self.channel(&d.address)?;
+            let accepted = match convert::dispatch_call(&d) {
+                DispatchCall::Replay(r) => {
+                    pb::replayer_client::ReplayerClient::new(channel)
+                        .replay_from_checkpoint(r)
+                        .await?
+                        .into_inner()
+                        .accepted
+                }
+                DispatchCall::Flush(r) => {
+                    pb::flusher_client::FlusherClient::new(channel)
+                        .flush_memtable(r)
+                        .await?
+                        .into_inner()
+                        .accepted
+                }
+                DispatchCall::Compact(r) => {
+                    pb::compactor_client::CompactorClient::new(channel)
+                        .compact_level(r)
+                        .await?
+                        .into_inner()
+                        .accepted
+                }
+                DispatchCall::Cleanup(r) => {
+                    pb::compactor_client::CompactorClient::new(channel)
+                        .run_cleanup(r)
+                        .await?
+                        .into_inner()
+                        .accepted
+                }
+                DispatchCall::Statistics(r) => {
+                    pb::compactor_client::CompactorClient::new(channel)
+                        .update_statistics(r)
+                        .await?
+                        .into_inner()
+                        .accepted
+                }
+            };
+            Ok::<bool, Status>(accepted)
+        };
+        let outcome = tokio::task::unconstrained(result).await;
+        match outcome {
+            Ok(true) => tracing::info!("dispatched"),
+            Ok(false) | Err(_) => {
+                let reason = match &outcome {
+                    Err(s) => format!("{:?}: {}", s.code(), s.message()),
+                    _ => "worker did not accept".to_owned(),
+                };
+                tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
+                self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now));
+                self.wake.notify_one();
+            }
         }
     }
 
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    fn publish_metrics(&self) {
+        let counts = self.read(|c, _| c.counts());
+        for (kind, c) in counts {
+            metrics::gauge!(runtime::metrics::QUEUE_DEPTH, "type" => kind.label(), "service" => "scheduler")
+                .set(c.pending as f64);
+        }
+    }
+}
+
+/// The dispatch loop: on a short ticker and whenever woken, expire leases and hand out
+/// work; every 5 s also forget old finished tasks.
+pub async fn dispatch_loop(
+    state: Arc<SchedulerState>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = state.wake.notified() => {}
+        }
+        rounds += 1;
+        let dispatches = state.mutate(|c, now| {
+            if rounds % 50 == 0 {
+                c.prune_finished(10_000);
+            }
+            c.tick(now)
+        });
+        for d in dispatches {
+            tokio::spawn(state.clone().send(d));
+        }
+        if rounds % 10 == 0 {
+            state.publish_metrics();
+        }
     }
 }
 
@@ -43,38 +260,31 @@ impl SchedulerState {
 pub struct SchedulerApi(pub Arc<SchedulerState>);
 
 #[tonic::async_trait]
-impl proto::v1::scheduler_server::Scheduler for SchedulerApi {
+impl pb::scheduler_server::Scheduler for SchedulerApi {
     async fn register_worker(
         &self,
-        request: Request<RegisterWorkerRequest>,
-    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let req = request.into_inner();
-        let kind = WorkerKind::try_from(req.kind)
-            .ok()
-            .filter(|k| *k != WorkerKind::Unspecified)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("kind: unknown worker kind {}", req.kind))
-            })?;
-        if req.advertised_address.is_empty() {
-            return Err(Status::invalid_argument(
-                "advertised_address: must not be empty",
-            ));
-        }
-        if req.slots == 0 {
-            return Err(Status::invalid_argument("slots: must be at least 1"));
-        }
-        let id = self.0.registry().register(
-            Registration {
-                kind,
-                name: req.name,
-                address: req.advertised_address.clone(),
-                slots: req.slots,
-                version: req.version,
-            },
-            Instant::now(),
-        );
-        tracing::info!(worker_id = id, kind = ?kind, address = %req.advertised_address, "worker registered");
-        Ok(Response::new(RegisterWorkerResponse {
+        let kind = convert::worker_kind_name(req.kind).ok_or_else(|| {
+            Status::invalid_argument(format!("kind: unknown worker kind {}", req.kind))
+        })?;
+        let id = self
+            .0
+            .mutate(|c, now| {
+                c.register_worker(
+                    kind,
+                    &req.name,
+                    &req.advertised_address,
+                    req.slots,
+                    &req.version,
+                    now,
+                )
+            })
+            .map_err(status_of)?;
+        tracing::info!(worker_id = id, kind, address = %req.advertised_address, "worker registered");
+        self.0.wake.notify_one();
+        Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id,
             heartbeat_interval_ms: self.0.config.scheduler.heartbeat_interval.get().as_millis()
                 as u64,
@@ -83,62 +293,482 @@ impl proto::v1::scheduler_server::Scheduler for SchedulerApi {
 
     async fn heartbeat(
         &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let known = self
+        let running: Vec<_> = req.running.iter().map(convert::progress_from_pb).collect();
+        let reply = self
             .0
-            .registry()
-            .heartbeat(req.worker_id, req.running, Instant::now());
-        Ok(Response::new(HeartbeatResponse {
-            reregister: !known,
-            ..Default::default()
+            .mutate(|c, now| c.heartbeat(req.worker_id, &running, now));
+        Ok(Response::new(pb::HeartbeatResponse {
+            cancel: reply
+                .cancel
+                .iter()
+                .map(|(task_id, attempt)| pb::TaskRef {
+                    task_id: *task_id,
+                    attempt: *attempt,
+                })
+                .collect(),
+            reregister: reply.reregister,
+            committed_flushes: Vec::new(),
         }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let req = request.into_inner();
+        let outcome = convert::outcome_from_pb(req.outcome)?;
+        let failed = matches!(outcome, crate::core::Outcome::Failure(_));
+        let kind = self.0.read(|c, _| c.task(req.task_id).map(|t| t.kind()));
+        let result = self
+            .0
+            .mutate(|c, now| c.complete(req.task_id, req.attempt, outcome, now));
+        let label = kind.map_or("unknown", |k| k.label());
+        match result {
+            Ok(()) => {
+                let state = self.0.read(|c, _| c.task(req.task_id).map(|t| t.state));
+                let status = match state {
+                    Some(TaskState::Succeeded) => "succeeded",
+                    Some(TaskState::Failed) => "failed",
+                    _ => "retried",
+                };
+                metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => status, "service" => "scheduler").increment(1);
+                tracing::info!(
+                    task_id = req.task_id,
+                    attempt = req.attempt,
+                    task_type = label,
+                    status,
+                    failed,
+                    "attempt completed"
+                );
+                self.0.wake.notify_one();
+                Ok(Response::new(pb::CompleteTaskResponse { accepted: true }))
+            }
+            Err(e) => {
+                metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => "refused", "service" => "scheduler").increment(1);
+                tracing::warn!(
+                    task_id = req.task_id,
+                    attempt = req.attempt,
+                    "completion refused: {e}"
+                );
+                Err(status_of(e))
+            }
+        }
+    }
+
+    async fn request_flush(
+        &self,
+        request: Request<pb::RequestFlushRequest>,
+    ) -> Result<Response<pb::RequestFlushResponse>, Status> {
+        let req = request.into_inner();
+        if req.first_seq == 0 || req.last_seq < req.first_seq {
+            return Err(Status::invalid_argument(format!(
+                "first_seq/last_seq: invalid sequence range {}..={}",
+                req.first_seq, req.last_seq
+            )));
+        }
+        if req.replayer_address.is_empty() {
+            return Err(Status::invalid_argument(
+                "replayer_address: must not be empty",
+            ));
+        }
+        let spec = TaskSpec::MemtableFlush {
+            table: req.table,
+            memtable_id: req.memtable_id,
+            replayer_address: req.replayer_address,
+            first_seq: req.first_seq,
+            last_seq: req.last_seq,
+        };
+        let priority = priority_of(&spec);
+        let id = self
+            .0
+            .mutate(|c, now| c.submit(spec, priority, now))
+            .map_err(status_of)?;
+        self.0.wake.notify_one();
+        Ok(Response::new(pb::RequestFlushResponse { task_id: id }))
     }
 }
 
 /// The operators' service.
 pub struct AdminApi(pub Arc<SchedulerState>);
 
+fn table_to_pb(c: &Core, name: &str) -> Option<pb::TableInfo> {
+    let t = c.table(name)?;
+    let m = c.manifest(name);
+    Some(pb::TableInfo {
+        name: t.name.clone(),
+        columns: t
+            .columns
+            .iter()
+            .map(|col| pb::ColumnDef {
+                name: col.name.clone(),
+                r#type: col.kind.clone(),
+            })
+            .collect(),
+        created_at_unix_ms: t.created_at_ms,
+        checkpoint: m.map_or(0, |m| m.checkpoint),
+        manifest_version: m.map_or(0, |m| m.version),
+        replayer_address: t.replayer_address.clone(),
+    })
+}
+
 #[tonic::async_trait]
-impl proto::v1::admin_server::Admin for AdminApi {
+impl pb::admin_server::Admin for AdminApi {
     async fn get_status(
         &self,
-        _request: Request<GetStatusRequest>,
-    ) -> Result<Response<GetStatusResponse>, Status> {
-        let now = Instant::now();
-        let timeout = self.0.config.scheduler.heartbeat_timeout.get();
-        let workers = self
-            .0
-            .registry()
-            .workers()
-            .map(|w| WorkerInfo {
-                worker_id: w.id,
-                kind: w.kind as i32,
-                name: w.name.clone(),
-                address: w.address.clone(),
-                slots: w.slots,
-                running: w.running.len() as u32,
-                last_heartbeat_ms_ago: now.saturating_duration_since(w.last_heartbeat).as_millis()
-                    as u64,
-                alive: Registry::is_alive(w, now, timeout),
-                version: w.version.clone(),
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let s = &self.0;
+        let resp = s.read(|c, now| {
+            let counts = c.counts();
+            pb::GetStatusResponse {
+                scheduler: Some(pb::ServiceInfo {
+                    service: "scheduler".to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    uptime_seconds: s.started_at.elapsed().as_secs(),
+                    advertised_address: s.advertised_address.clone(),
+                    slots: 0,
+                    running: Vec::new(),
+                    memory_bytes: runtime::metrics::resident_memory_bytes().unwrap_or(0),
+                }),
+                workers: c
+                    .workers()
+                    .map(|w| pb::WorkerInfo {
+                        worker_id: w.record.id,
+                        kind: convert::worker_kind_pb(&w.record.kind) as i32,
+                        name: w.record.name.clone(),
+                        address: w.record.address.clone(),
+                        slots: w.record.slots,
+                        running: w.assigned.len() as u32,
+                        last_heartbeat_ms_ago: (now - w.last_heartbeat_ms).max(0) as u64,
+                        alive: c.is_alive(w, now),
+                        version: w.record.version.clone(),
+                    })
+                    .collect(),
+                running_tasks: counts.values().map(|k| k.running as u32).sum(),
+                pending_tasks: counts.values().map(|k| k.pending as u32).sum(),
+                tables: c.tables().count() as u32,
+            }
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn get_queue_status(
+        &self,
+        _request: Request<pb::GetQueueStatusRequest>,
+    ) -> Result<Response<pb::GetQueueStatusResponse>, Status> {
+        let resp = self.0.read(|c, now| {
+            let counts = c.counts();
+            let limits = &c.config().max_running;
+            pb::GetQueueStatusResponse {
+                types: counts
+                    .iter()
+                    .map(|(k, v)| pb::QueueTypeStatus {
+                        r#type: convert::kind_to_pb(*k) as i32,
+                        pending: v.pending as u32,
+                        running: v.running as u32,
+                        failed: v.failed as u32,
+                        limit: limits.get(k).map_or(0, |l| *l as u32),
+                    })
+                    .collect(),
+                depth: counts.values().map(|k| k.pending as u32).sum(),
+                capacity: c.config().queue_size as u32,
+                waiting: c
+                    .tasks()
+                    .filter(|t| t.state == TaskState::Pending)
+                    .take(100)
+                    .map(|t| {
+                        convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| c.progress(id, a))
+                    })
+                    .collect(),
+            }
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = request.into_inner();
+        let page = match req.page_size {
+            0 => 100,
+            n if n > 1000 => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} exceeds the limit of 1000"
+                )));
+            }
+            n => n as usize,
+        };
+        let state = if req.state == 0 {
+            None
+        } else {
+            Some(convert::state_from_pb(req.state).ok_or_else(|| {
+                Status::invalid_argument(format!("state: unknown task state {}", req.state))
+            })?)
+        };
+        let kind = if req.r#type == 0 {
+            None
+        } else {
+            Some(convert::kind_from_pb(req.r#type).ok_or_else(|| {
+                Status::invalid_argument(format!("type: unknown task type {}", req.r#type))
+            })?)
+        };
+        let resp = self.0.read(|c, now| {
+            let mut tasks: Vec<pb::Task> = c
+                .tasks()
+                .filter(|t| t.id > req.after_task_id)
+                .filter(|t| req.table.is_empty() || t.spec.table() == req.table)
+                .filter(|t| state.is_none_or(|s| t.state == s))
+                .filter(|t| kind.is_none_or(|k| t.kind() == k))
+                .take(page + 1)
+                .map(|t| {
+                    convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| c.progress(id, a))
+                })
+                .collect();
+            let next = if tasks.len() > page {
+                tasks.truncate(page);
+                tasks.last().map_or(0, |t| t.task_id)
+            } else {
+                0
+            };
+            pb::ListTasksResponse {
+                tasks,
+                next_after_task_id: next,
+            }
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = request.into_inner().task_id;
+        self.0
+            .read(|c, now| {
+                c.task(id).map(|t| {
+                    convert::task_to_pb(t, c.waiting_reason(t, now), |i, a| c.progress(i, a))
+                })
             })
-            .collect();
-        Ok(Response::new(GetStatusResponse {
-            scheduler: Some(ServiceInfo {
-                service: "scheduler".to_owned(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                uptime_seconds: self.0.started_at.elapsed().as_secs(),
-                advertised_address: self.0.advertised_address.clone(),
-                slots: 0,
-                running: Vec::new(),
-                memory_bytes: runtime::metrics::resident_memory_bytes().unwrap_or(0),
-            }),
-            workers,
-            running_tasks: 0,
-            pending_tasks: 0,
-            tables: 0,
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("task {id} not found")))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = request.into_inner().task_id;
+        let task = self
+            .0
+            .mutate(|c, now| {
+                c.cancel(id, now)
+                    .map(|t| convert::task_to_pb(t, String::new(), |_, _| None))
+            })
+            .map_err(status_of)?;
+        metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => convert::kind_from_pb(task.r#type).map_or("unknown", |k| k.label()), "status" => "cancelled", "service" => "scheduler").increment(1);
+        Ok(Response::new(task))
+    }
+
+    async fn trigger_compaction(
+        &self,
+        request: Request<pb::TriggerCompactionRequest>,
+    ) -> Result<Response<pb::TriggerResponse>, Status> {
+        let req = request.into_inner();
+        let target = self.0.config.compaction.target_file_size.as_u64();
+        let range = req.range.unwrap_or_default();
+        let result = self.0.mutate(|c, now| {
+            let tables: Vec<String> = if req.table.is_empty() {
+                c.tables().map(|t| t.name.clone()).collect()
+            } else if c.table(&req.table).is_some() {
+                vec![req.table.clone()]
+            } else {
+                return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
+            };
+            let mut ids = Vec::new();
+            for table in tables {
+                if let Some(spec) = crate::manual::manual_compaction(
+                    c,
+                    &table,
+                    req.level,
+                    &range.start,
+                    &range.end,
+                    target,
+                    req.force,
+                )? {
+                    let p = priority_of(&spec);
+                    ids.push(c.submit(spec, p, now)?);
+                }
+            }
+            Ok(ids)
+        });
+        let ids = result.map_err(status_of)?;
+        self.0.wake.notify_one();
+        let message = if ids.is_empty() {
+            "nothing to compact".to_owned()
+        } else {
+            format!("{} compaction task(s) queued", ids.len())
+        };
+        Ok(Response::new(pb::TriggerResponse {
+            task_ids: ids,
+            message,
         }))
+    }
+
+    async fn trigger_wal_replay(
+        &self,
+        request: Request<pb::TriggerWalReplayRequest>,
+    ) -> Result<Response<pb::TriggerResponse>, Status> {
+        let req = request.into_inner();
+        let ids = self
+            .0
+            .mutate(|c, now| {
+                let tables: Vec<(String, u64)> = c
+                    .tables()
+                    .filter(|t| req.table.is_empty() || t.name == req.table)
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            c.manifest(&t.name).map_or(0, |m| m.checkpoint),
+                        )
+                    })
+                    .collect();
+                if tables.is_empty() && !req.table.is_empty() {
+                    return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
+                }
+                tables
+                    .into_iter()
+                    .map(|(table, checkpoint)| {
+                        let spec = TaskSpec::WalReplay {
+                            table,
+                            checkpoint: if req.from_seq > 0 {
+                                req.from_seq.saturating_sub(1)
+                            } else {
+                                checkpoint
+                            },
+                            recovery_mode: String::new(),
+                        };
+                        let p = priority_of(&spec);
+                        c.submit(spec, p, now)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(status_of)?;
+        self.0.wake.notify_one();
+        Ok(Response::new(pb::TriggerResponse {
+            message: format!("{} WAL replay task(s) queued", ids.len()),
+            task_ids: ids,
+        }))
+    }
+
+    async fn create_table(
+        &self,
+        request: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        let req = request.into_inner();
+        let mut columns = Vec::new();
+        for col in req.columns {
+            if !matches!(col.r#type.as_str(), "int" | "float" | "string" | "bool") {
+                return Err(Status::invalid_argument(format!(
+                    "columns: column {:?} has unknown type {:?} (use int, float, string or bool)",
+                    col.name, col.r#type
+                )));
+            }
+            if col.name.is_empty() {
+                return Err(Status::invalid_argument("columns: a column name is empty"));
+            }
+            columns.push(ColumnDef {
+                name: col.name,
+                kind: col.r#type,
+            });
+        }
+        let info = self
+            .0
+            .mutate(|c, now| {
+                c.create_table(&req.name, columns, now)?;
+                table_to_pb(c, &req.name)
+                    .ok_or_else(|| crate::core::CoreError::TableNotFound(req.name.clone()))
+            })
+            .map_err(status_of)?;
+        tracing::info!(table = %req.name, "table created");
+        Ok(Response::new(info))
+    }
+
+    async fn list_tables(
+        &self,
+        _request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        let tables = self
+            .0
+            .read(|c, _| c.tables().filter_map(|t| table_to_pb(c, &t.name)).collect());
+        Ok(Response::new(pb::ListTablesResponse { tables }))
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<pb::DropTableRequest>,
+    ) -> Result<Response<pb::DropTableResponse>, Status> {
+        let name = request.into_inner().name;
+        self.0
+            .mutate(|c, now| c.drop_table(&name, now))
+            .map_err(status_of)?;
+        tracing::info!(table = %name, "table dropped");
+        Ok(Response::new(pb::DropTableResponse {}))
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::Manifest>, Status> {
+        let table = request.into_inner().table;
+        self.0
+            .read(|c, _| {
+                let m = c.manifest(&table)?;
+                Some(pb::Manifest {
+                    table: table.clone(),
+                    version: m.version,
+                    checkpoint: m.checkpoint,
+                    levels: m
+                        .levels
+                        .levels
+                        .iter()
+                        .enumerate()
+                        .map(|(l, files)| pb::Level {
+                            level: l as u32,
+                            files: files.iter().map(convert::file_to_pb).collect(),
+                        })
+                        .collect(),
+                    locked_file_ids: c
+                        .locked_files()
+                        .keys()
+                        .copied()
+                        .filter(|id| m.levels.find(*id).is_some())
+                        .collect(),
+                })
+            })
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("table {table:?} not found")))
+    }
+
+    async fn get_table_stats(
+        &self,
+        request: Request<pb::GetTableStatsRequest>,
+    ) -> Result<Response<pb::TableStatistics>, Status> {
+        let table = request.into_inner().table;
+        self.0
+            .read(|c, _| {
+                if c.table(&table).is_none() {
+                    return Err(Status::not_found(format!("table {table:?} not found")));
+                }
+                c.stats(&table)
+                    .and_then(convert::stats_from_json)
+                    .ok_or_else(|| {
+                        Status::not_found(format!("table {table:?} has no statistics yet"))
+                    })
+            })
+            .map(Response::new)
     }
 }

@@ -54,8 +54,12 @@ fn success(files: Vec<FileMeta>) -> Outcome {
 fn setup() -> (Core, u64, u64) {
     let mut c = Core::new(cfg());
     c.create_table("t", vec![], T0).expect("table");
-    let a = c.register_worker("flusher", "a", "a:1", 1, "v", T0).expect("a");
-    let b = c.register_worker("flusher", "b", "b:1", 1, "v", T0).expect("b");
+    let a = c
+        .register_worker("flusher", "a", "a:1", 1, "v", T0)
+        .expect("a");
+    let b = c
+        .register_worker("flusher", "b", "b:1", 1, "v", T0)
+        .expect("b");
     (c, a, b)
 }
 
@@ -104,7 +108,12 @@ fn dead_worker_task_goes_elsewhere_and_the_zombie_is_fenced() {
     assert_eq!((d[0].worker_id, d[0].attempt), (other, 2));
     // The first attempt comes back from the dead: refused, manifest unchanged.
     let before = c.manifest("t").cloned();
-    let r = c.complete(id, 1, success(vec![file(zombie_file, "a", "z", 10)]), T0 + 2000);
+    let r = c.complete(
+        id,
+        1,
+        success(vec![file(zombie_file, "a", "z", 10)]),
+        T0 + 2000,
+    );
     assert!(matches!(r, Err(CoreError::Refused(_))), "{r:?}");
     assert_eq!(c.manifest("t").cloned(), before);
     // If it heartbeats again, it is told to stop the stale attempt.
@@ -128,10 +137,28 @@ fn heartbeats_without_progress_make_the_task_stuck() {
     let mut now = T0;
     while now < T0 + 5000 {
         now += 500;
-        c.heartbeat(a, &[(id, 1, p)].into_iter().filter(|_| w == a).collect::<Vec<_>>(), now);
-        c.heartbeat(b, &[(id, 1, p)].into_iter().filter(|_| w == b).collect::<Vec<_>>(), now);
+        c.heartbeat(
+            a,
+            &[(id, 1, p)]
+                .into_iter()
+                .filter(|_| w == a)
+                .collect::<Vec<_>>(),
+            now,
+        );
+        c.heartbeat(
+            b,
+            &[(id, 1, p)]
+                .into_iter()
+                .filter(|_| w == b)
+                .collect::<Vec<_>>(),
+            now,
+        );
         assert!(c.tick(now).is_empty());
-        assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Running), "at {now}");
+        assert_eq!(
+            c.task(id).map(|t| t.state),
+            Some(TaskState::Running),
+            "at {now}"
+        );
     }
     now += 600;
     c.heartbeat(a, &[], now);
@@ -186,7 +213,8 @@ fn failures_back_off_and_fail_after_max_attempts() {
             retriable: true,
             at_ms: 0,
         };
-        c.complete(id, attempt, Outcome::Failure(err), now).expect("recorded");
+        c.complete(id, attempt, Outcome::Failure(err), now)
+            .expect("recorded");
         if attempt < 3 {
             let t = c.task(id).expect("task");
             assert_eq!(t.not_before_ms - now, backoff_ms(100, 1000, attempt));
@@ -200,9 +228,20 @@ fn failures_back_off_and_fail_after_max_attempts() {
 
 #[test]
 fn backoff_doubles_up_to_the_cap() {
-    let cases = [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)];
+    let cases = [
+        (1, 100),
+        (2, 200),
+        (3, 400),
+        (4, 800),
+        (5, 1000),
+        (40, 1000),
+    ];
     for (failures, expected) in cases {
-        assert_eq!(backoff_ms(100, 1000, failures), expected, "failures {failures}");
+        assert_eq!(
+            backoff_ms(100, 1000, failures),
+            expected,
+            "failures {failures}"
+        );
     }
 }
 
@@ -249,10 +288,28 @@ fn compaction(inputs: Vec<(u32, Vec<FileMeta>)>, output_level: u32) -> TaskSpec 
 #[test]
 fn overlapping_compactions_get_a_lock_error_until_the_first_ends() {
     let (mut c, _, _) = setup();
-    c.register_worker("compactor", "c", "c:1", 2, "v", T0).expect("c");
-    with_files(&mut c, &[(0, file(1, "a", "m", 5)), (0, file(2, "c", "z", 9)), (1, file(3, "a", "k", 1))]);
+    c.register_worker("compactor", "c", "c:1", 2, "v", T0)
+        .expect("c");
+    with_files(
+        &mut c,
+        &[
+            (0, file(1, "a", "m", 5)),
+            (0, file(2, "c", "z", 9)),
+            (1, file(3, "a", "k", 1)),
+        ],
+    );
     let first = c
-        .submit(compaction(vec![(0, vec![file(1, "a", "m", 5)]), (1, vec![file(3, "a", "k", 1)])], 1), 50, T0)
+        .submit(
+            compaction(
+                vec![
+                    (0, vec![file(1, "a", "m", 5)]),
+                    (1, vec![file(3, "a", "k", 1)]),
+                ],
+                1,
+            ),
+            50,
+            T0,
+        )
         .expect("first");
     let second = c.submit(compaction(vec![(1, vec![file(3, "a", "k", 1)])], 2), 50, T0);
     assert_eq!(
@@ -263,28 +320,53 @@ fn overlapping_compactions_get_a_lock_error_until_the_first_ends() {
             task_id: first
         })
     );
-    assert!(second.expect_err("lock").to_string().starts_with("LockError"));
+    assert!(
+        second
+            .expect_err("lock")
+            .to_string()
+            .starts_with("LockError")
+    );
     // A non-overlapping request is fine.
     c.submit(compaction(vec![(0, vec![file(2, "c", "z", 9)])], 1), 50, T0)
         .expect("disjoint");
     let d = c.tick(T0);
-    let out = d.iter().find(|d| d.task_id == first).expect("dispatched").output_file_ids[0];
-    c.complete(first, 1, success(vec![file(out, "a", "m", 5)]), T0 + 1).expect("commit");
-    assert!(c.submit(compaction(vec![(1, vec![file(out, "a", "m", 5)])], 2), 50, T0 + 2).is_ok());
+    let out = d
+        .iter()
+        .find(|d| d.task_id == first)
+        .expect("dispatched")
+        .output_file_ids[0];
+    c.complete(first, 1, success(vec![file(out, "a", "m", 5)]), T0 + 1)
+        .expect("commit");
+    assert!(
+        c.submit(
+            compaction(vec![(1, vec![file(out, "a", "m", 5)])], 2),
+            50,
+            T0 + 2
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn a_compaction_whose_inputs_are_gone_cannot_commit() {
     let (mut c, _, _) = setup();
-    c.register_worker("compactor", "c", "c:1", 2, "v", T0).expect("c");
+    c.register_worker("compactor", "c", "c:1", 2, "v", T0)
+        .expect("c");
     with_files(&mut c, &[(0, file(1, "a", "m", 5))]);
-    let id = c.submit(compaction(vec![(0, vec![file(1, "a", "m", 5)])], 1), 50, T0).expect("submit");
+    let id = c
+        .submit(compaction(vec![(0, vec![file(1, "a", "m", 5)])], 1), 50, T0)
+        .expect("submit");
     let d = c.tick(T0);
     // Someone removed the input meanwhile (a bug elsewhere, or a dropped/recreated table).
     let m = c.manifests.get_mut("t").expect("manifest");
     m.levels.levels[0].clear();
     let before = c.manifest("t").cloned();
-    let r = c.complete(id, 1, success(vec![file(d[0].output_file_ids[0], "a", "m", 5)]), T0 + 1);
+    let r = c.complete(
+        id,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "m", 5)]),
+        T0 + 1,
+    );
     assert!(matches!(r, Err(CoreError::Refused(_))), "{r:?}");
     assert_eq!(c.manifest("t").cloned(), before);
 }
@@ -307,7 +389,10 @@ fn cancelling_a_running_task_reaches_its_worker_through_the_heartbeat() {
     c.cancel(id, T0 + 1).expect("cancel");
     let reply = c.heartbeat(w, &[(id, 1, Progress::default())], T0 + 2);
     assert_eq!(reply.cancel, vec![(id, 1)]);
-    assert!(matches!(c.complete(id, 1, success(vec![]), T0 + 3), Err(CoreError::Refused(_))));
+    assert!(matches!(
+        c.complete(id, 1, success(vec![]), T0 + 3),
+        Err(CoreError::Refused(_))
+    ));
     assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Cancelled));
 }
 
@@ -317,26 +402,43 @@ fn cluster_limits_and_slots_bound_dispatch() {
     config.max_running.insert(TaskKind::MemtableFlush, 1);
     let mut c = Core::new(config);
     c.create_table("t", vec![], T0).expect("table");
-    c.register_worker("flusher", "a", "a:1", 4, "v", T0).expect("a");
+    c.register_worker("flusher", "a", "a:1", 4, "v", T0)
+        .expect("a");
     for i in 0..3 {
-        c.submit(flush_spec(i, 10 + i * 10), 100, T0).expect("submit");
+        c.submit(flush_spec(i, 10 + i * 10), 100, T0)
+            .expect("submit");
     }
     assert_eq!(c.tick(T0).len(), 1, "max_concurrent_flushes = 1");
-    let waiting = c.tasks().find(|t| t.state == TaskState::Pending).expect("pending");
+    let waiting = c
+        .tasks()
+        .find(|t| t.state == TaskState::Pending)
+        .expect("pending");
     assert!(c.waiting_reason(waiting, T0).contains("cluster limit"));
 }
 
 #[test]
 fn older_low_priority_work_is_not_starved() {
     let (mut c, _, _) = setup();
-    c.register_worker("compactor", "c", "c:1", 1, "v", T0).expect("c");
-    let old = c.submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 0, T0).expect("old");
+    let w = c
+        .register_worker("compactor", "c", "c:1", 1, "v", T0)
+        .expect("c");
+    let old = c
+        .submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 0, T0)
+        .expect("old");
     let newer = c
-        .submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 50, T0 + 100_000)
+        .submit(
+            TaskSpec::StatisticsUpdate { table: "t".into() },
+            50,
+            T0 + 100_000,
+        )
         .expect("new");
+    c.heartbeat(w, &[], T0 + 100_000);
     let d = c.tick(T0 + 100_000);
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].task_id, old, "100 s of waiting outweighs 50 priority points");
+    assert_eq!(
+        d[0].task_id, old,
+        "100 s of waiting outweighs 50 priority points"
+    );
     assert_ne!(old, newer);
 }
 
@@ -344,10 +446,19 @@ fn older_low_priority_work_is_not_starved() {
 fn bad_names_and_unknown_tables_are_refused() {
     let mut c = Core::new(cfg());
     for bad in ["", "a/b", "..", "x y", &"n".repeat(129)] {
-        assert!(matches!(c.create_table(bad, vec![], T0), Err(CoreError::Invalid(_))), "{bad:?}");
+        assert!(
+            matches!(c.create_table(bad, vec![], T0), Err(CoreError::Invalid(_))),
+            "{bad:?}"
+        );
     }
     assert_eq!(
-        c.submit(TaskSpec::StatisticsUpdate { table: "nope".into() }, 0, T0),
+        c.submit(
+            TaskSpec::StatisticsUpdate {
+                table: "nope".into()
+            },
+            0,
+            T0
+        ),
         Err(CoreError::TableNotFound("nope".into()))
     );
     assert!(c.take_batch().is_empty(), "refusals change nothing");
@@ -361,8 +472,13 @@ fn restart_from_the_catalog_restores_queue_manifest_failures_and_attempts() {
     let done = c.submit(flush_spec(1, 10), 100, T0).expect("s1");
     let running = c.submit(flush_spec(2, 20), 100, T0).expect("s2");
     let d = c.tick(T0);
-    let out = d.iter().find(|d| d.task_id == done).expect("d").output_file_ids[0];
-    c.complete(done, 1, success(vec![file(out, "a", "z", 10)]), T0).expect("commit");
+    let out = d
+        .iter()
+        .find(|d| d.task_id == done)
+        .expect("d")
+        .output_file_ids[0];
+    c.complete(done, 1, success(vec![file(out, "a", "z", 10)]), T0)
+        .expect("commit");
     let queued = c.submit(flush_spec(3, 30), 100, T0).expect("s3");
     catalog.write(c.take_batch()).expect("persist");
     drop(catalog);
@@ -373,10 +489,20 @@ fn restart_from_the_catalog_restores_queue_manifest_failures_and_attempts() {
     for id in [done, running, queued] {
         assert_eq!(r.task(id), c.task(id), "task {id}");
     }
-    assert_eq!(r.task(running).map(|t| (t.state, t.attempt)), Some((TaskState::Running, 1)));
+    assert_eq!(
+        r.task(running).map(|t| (t.state, t.attempt)),
+        Some((TaskState::Running, 1))
+    );
     // Workers that keep heartbeating keep their attempts; ids continue.
-    let w = r.task(running).and_then(|t| t.current_attempt()).map(|a| a.worker_id).expect("w");
-    assert!(!r.heartbeat(w, &[(running, 1, Progress::default())], T0 + 20).reregister);
+    let w = r
+        .task(running)
+        .and_then(|t| t.current_attempt())
+        .map(|a| a.worker_id)
+        .expect("w");
+    assert!(
+        !r.heartbeat(w, &[(running, 1, Progress::default())], T0 + 20)
+            .reregister
+    );
     let next = r.submit(flush_spec(4, 40), 100, T0 + 20).expect("s4");
     assert!(next > queued);
     let _ = (a, b);

@@ -1,0 +1,384 @@
+//! The scheduler through its real gRPC API, as a real process, with fake workers: dispatch
+//! and commit, dead and stuck workers, zombie attempts fenced, cancellation through the
+//! heartbeat, a full queue, lock conflicts, and SIGKILL + restart with everything intact.
+
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tests::fake::{FakeWorker, file};
+use tests::{Ports, Proc, service_env, wait_healthy};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Admin = pb::admin_client::AdminClient<Channel>;
+
+struct Sched {
+    proc: Proc,
+    ports: Ports,
+    admin: Admin,
+    api: pb::scheduler_client::SchedulerClient<Channel>,
+}
+
+async fn start(dir: &Path, extra: &[(&str, &str)], ports: Option<Ports>) -> Sched {
+    let ports = ports.unwrap_or_else(Ports::free);
+    let mut env = service_env("scheduler", ports, dir);
+    for (k, v) in [
+        ("DP__SCHEDULER__HEARTBEAT_INTERVAL", "100ms"),
+        ("DP__SCHEDULER__HEARTBEAT_TIMEOUT", "1s"),
+        ("DP__SCHEDULER__STUCK_TIMEOUT", "2s"),
+        ("DP__SCHEDULER__RETRY_BACKOFF_BASE", "100ms"),
+        ("DP__SCHEDULER__RETRY_BACKOFF_MAX", "500ms"),
+    ] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let proc = Proc::start("scheduler", "scheduler", dir, &[], &env);
+    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
+    let url = format!("http://{}", ports.grpc_addr());
+    Sched {
+        proc,
+        ports,
+        admin: pb::admin_client::AdminClient::connect(url.clone())
+            .await
+            .unwrap(),
+        api: pb::scheduler_client::SchedulerClient::connect(url)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn create_table(s: &mut Sched, name: &str) {
+    s.admin
+        .create_table(pb::CreateTableRequest {
+            name: name.into(),
+            columns: vec![],
+        })
+        .await
+        .unwrap();
+}
+
+async fn request_flush(
+    s: &mut Sched,
+    table: &str,
+    memtable_id: u64,
+    last_seq: u64,
+) -> Result<u64, tonic::Status> {
+    s.api
+        .request_flush(pb::RequestFlushRequest {
+            table: table.into(),
+            memtable_id,
+            first_seq: last_seq - 9,
+            last_seq,
+            size_bytes: 1000,
+            replayer_address: "127.0.0.1:1".into(),
+        })
+        .await
+        .map(|r| r.into_inner().task_id)
+}
+
+async fn task(s: &mut Sched, id: u64) -> pb::Task {
+    s.admin
+        .get_task(pb::GetTaskRequest { task_id: id })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn manifest(s: &mut Sched, table: &str) -> pb::Manifest {
+    s.admin
+        .get_manifest(pb::GetManifestRequest {
+            table: table.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_dispatched_completed_and_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[], None).await;
+    create_table(&mut s, "t").await;
+    let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 2).await;
+    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let d = w.next_dispatch(WAIT).await.expect("dispatched");
+    assert_eq!((d.task_id, d.attempt), (id, 1));
+    assert!(!d.output_file_ids.is_empty());
+    w.complete_flush(&d, vec![file(d.output_file_ids[0], b"a", b"z", 10)])
+        .await
+        .unwrap();
+    let m = manifest(&mut s, "t").await;
+    assert_eq!(m.levels[0].files.len(), 1);
+    assert_eq!(m.levels[0].files[0].file_id, d.output_file_ids[0]);
+    assert_eq!(m.checkpoint, 10);
+    assert_eq!(
+        task(&mut s, id).await.state,
+        pb::TaskState::Succeeded as i32
+    );
+}
+
+/// Keeps `w` heartbeating (reporting `running` with growing progress) until dropped.
+fn keep_alive(
+    mut w: FakeWorker,
+    growing: bool,
+) -> (
+    tokio::task::JoinHandle<FakeWorker>,
+    tokio::sync::watch::Sender<Vec<(u64, u32)>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (running_tx, running_rx) = tokio::sync::watch::channel(Vec::<(u64, u32)>::new());
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            let progress = if growing { n } else { 7 };
+            let running: Vec<_> = running_rx
+                .borrow()
+                .iter()
+                .map(|(t, a)| (*t, *a, progress))
+                .collect();
+            let _ = w.heartbeat(&running).await;
+            tokio::select! {
+                _ = &mut stop_rx => return w,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    (handle, running_tx, stop_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_loses_its_task_and_its_late_completion_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[], None).await;
+    create_table(&mut s, "t").await;
+    // The first worker gets the task, then goes silent.
+    let mut a = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
+    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let first = a.next_dispatch(WAIT).await.expect("first dispatch");
+    let b = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
+    let (b_handle, _, b_stop) = keep_alive(b, true);
+    let version_before = manifest(&mut s, "t").await.version;
+    // No heartbeat from `a` for more than heartbeat_timeout (1 s): retried on `b`.
+    let t = loop {
+        let t = task(&mut s, id).await;
+        if t.attempt >= 2 && t.state == pb::TaskState::Running as i32 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        t.errors.iter().any(|e| e.message.contains("lease_expired")),
+        "{:?}",
+        t.errors
+    );
+    b_stop.send(()).unwrap();
+    let mut b = b_handle.await.unwrap();
+    let second = b.next_dispatch(WAIT).await.expect("re-dispatched to b");
+    assert_eq!((second.task_id, second.attempt), (id, 2));
+    // The zombie comes back: refused, nothing changes.
+    let err = a
+        .complete_flush(&first, vec![file(first.output_file_ids[0], b"a", b"z", 10)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(manifest(&mut s, "t").await.version, version_before);
+    // The zombie's next heartbeat tells it to stop.
+    let reply = a.heartbeat(&[(id, 1, 1)]).await;
+    assert!(
+        reply
+            .cancel
+            .iter()
+            .any(|c| c.task_id == id && c.attempt == 1)
+            || reply.reregister
+    );
+    b.complete_flush(
+        &second,
+        vec![file(second.output_file_ids[0], b"a", b"z", 10)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(manifest(&mut s, "t").await.version, version_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_without_progress_mark_the_task_stuck_and_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[], None).await;
+    create_table(&mut s, "t").await;
+    let mut a = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
+    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let d = a.next_dispatch(WAIT).await.expect("dispatched");
+    let (a_handle, a_running, a_stop) = keep_alive(a, false);
+    a_running.send(vec![(d.task_id, d.attempt)]).unwrap();
+    let b = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
+    let (b_handle, _, b_stop) = keep_alive(b, true);
+    // stuck_timeout is 2 s; heartbeats keep coming but progress never moves.
+    let t = loop {
+        let t = task(&mut s, id).await;
+        if t.attempt >= 2 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        t.errors.iter().any(|e| e.message.starts_with("stuck")),
+        "{:?}",
+        t.errors
+    );
+    b_stop.send(()).unwrap();
+    let mut b = b_handle.await.unwrap();
+    let again = b.next_dispatch(WAIT).await.expect("re-dispatched");
+    assert_eq!((again.task_id, again.attempt), (id, 2));
+    a_stop.send(()).unwrap();
+    let _ = a_handle.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_the_worker_through_its_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[], None).await;
+    create_table(&mut s, "t").await;
+    let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
+    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let d = w.next_dispatch(WAIT).await.expect("dispatched");
+    let t = s
+        .admin
+        .cancel_task(pb::CancelTaskRequest { task_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.state, pb::TaskState::Cancelled as i32);
+    let reply = w.heartbeat(&[(d.task_id, d.attempt, 5)]).await;
+    assert!(
+        reply
+            .cancel
+            .iter()
+            .any(|c| c.task_id == id && c.attempt == 1),
+        "{reply:?}"
+    );
+    let err = w.complete_flush(&d, vec![]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_says_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[("DP__PROCESSOR__QUEUE_SIZE", "2")], None).await;
+    create_table(&mut s, "t").await;
+    request_flush(&mut s, "t", 1, 10).await.unwrap();
+    request_flush(&mut s, "t", 2, 20).await.unwrap();
+    let err = request_flush(&mut s, "t", 3, 30).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("queue_size"), "{}", err.message());
+}
+
+async fn two_flushed_files(s: &mut Sched) -> FakeWorker {
+    create_table(s, "t").await;
+    let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 2).await;
+    for (m, seq, lo, hi) in [(1u64, 10u64, b"a", b"m"), (2, 20, b"c", b"z")] {
+        request_flush(s, "t", m, seq).await.unwrap();
+        let d = w.next_dispatch(WAIT).await.expect("dispatched");
+        w.complete_flush(&d, vec![file(d.output_file_ids[0], lo, hi, seq)])
+            .await
+            .unwrap();
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapping_manual_compaction_gets_a_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[], None).await;
+    let _w = two_flushed_files(&mut s).await;
+    let req = pb::TriggerCompactionRequest {
+        table: "t".into(),
+        level: Some(0),
+        range: None,
+        force: true,
+    };
+    let first = s
+        .admin
+        .trigger_compaction(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.task_ids.len(), 1);
+    let locked = manifest(&mut s, "t").await.locked_file_ids;
+    assert_eq!(
+        locked.len(),
+        2,
+        "both L0 files are locked by the compaction"
+    );
+    let err = s.admin.trigger_compaction(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(err.message().starts_with("LockError"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_keep_queue_manifest_failures_and_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        ("DP__SCHEDULER__MAX_ATTEMPTS", "2"),
+        ("DP__SCHEDULER__HEARTBEAT_TIMEOUT", "30s"),
+        ("DP__SCHEDULER__STUCK_TIMEOUT", "60s"),
+    ];
+    let mut s = start(dir.path(), &extra, None).await;
+    let mut w = two_flushed_files(&mut s).await;
+    // A task that fails twice (max_attempts 2) and ends Failed, with its history.
+    let failing = request_flush(&mut s, "t", 3, 30).await.unwrap();
+    for attempt in 1..=2 {
+        let d = w.next_dispatch(WAIT).await.expect("dispatched");
+        assert_eq!((d.task_id, d.attempt), (failing, attempt));
+        w.fail(d.task_id, d.attempt, &format!("disk on fire {attempt}"))
+            .await
+            .unwrap();
+    }
+    // One running (dispatched, attempt 1) and one queued behind the worker's 2 slots... the
+    // worker has 2 slots: fill them with two running tasks, then queue one more.
+    let running1 = request_flush(&mut s, "t", 4, 40).await.unwrap();
+    let running2 = request_flush(&mut s, "t", 5, 50).await.unwrap();
+    w.next_dispatch(WAIT).await.expect("r1");
+    w.next_dispatch(WAIT).await.expect("r2");
+    let queued = request_flush(&mut s, "t", 6, 60).await.unwrap();
+    let ids = [failing, running1, running2, queued];
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(task(&mut s, id).await);
+    }
+    let manifest_before = manifest(&mut s, "t").await;
+    assert_eq!(before[0].state, pb::TaskState::Failed as i32);
+    assert_eq!(before[0].errors.len(), 2);
+    assert_eq!(before[3].state, pb::TaskState::Pending as i32);
+
+    tests::signal(s.proc.child.id(), "KILL");
+    let _ = s.proc.wait_timeout(Duration::from_secs(5));
+    let ports = s.ports;
+    drop(s);
+    let mut s = start(dir.path(), &extra, Some(ports)).await;
+    assert_eq!(manifest(&mut s, "t").await, manifest_before);
+    for (id, old) in ids.into_iter().zip(before) {
+        let mut now = task(&mut s, id).await;
+        let mut old = old;
+        // Progress is reported live by heartbeats and not persisted.
+        for a in now.attempts.iter_mut().chain(old.attempts.iter_mut()) {
+            a.progress = None;
+        }
+        now.waiting_reason.clear();
+        old.waiting_reason.clear();
+        assert_eq!(now, old, "task {id} after restart");
+    }
+    // The worker keeps heartbeating with its old id: its attempts go on.
+    let reply = w.heartbeat(&[(running1, 1, 1), (running2, 1, 1)]).await;
+    assert!(!reply.reregister);
+    assert!(reply.cancel.is_empty(), "{reply:?}");
+}

@@ -1,0 +1,244 @@
+//! Fake workers for scheduler tests: small real gRPC servers that implement the Flusher and
+//! Compactor dispatch RPCs, record what they were asked to do, and leave registration,
+//! heartbeats and completion to the test, so it can play a dead, stuck or zombie worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// One dispatch a fake worker received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub task_id: u64,
+    pub attempt: u32,
+    pub output_file_ids: Vec<u64>,
+    pub spec: pb::TaskSpec,
+}
+
+#[derive(Clone)]
+struct Sink(Arc<Mutex<mpsc::UnboundedSender<Received>>>);
+
+impl Sink {
+    fn push(
+        &self,
+        d: Option<pb::DispatchRequest>,
+        outputs: Vec<u64>,
+        spec: pb::task_spec::Spec,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        let d = d.ok_or_else(|| Status::invalid_argument("dispatch: required"))?;
+        let _ = self.0.lock().map(|s| {
+            s.send(Received {
+                task_id: d.task_id,
+                attempt: d.attempt,
+                output_file_ids: outputs,
+                spec: pb::TaskSpec { spec: Some(spec) },
+            })
+        });
+        Ok(Response::new(pb::DispatchResponse { accepted: true }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::flusher_server::Flusher for Sink {
+    async fn flush_memtable(
+        &self,
+        r: Request<pb::FlushMemtableRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        let r = r.into_inner();
+        let spec = r.spec.unwrap_or_default();
+        self.push(
+            r.dispatch,
+            spec.output_file_ids.clone(),
+            pb::task_spec::Spec::Flush(spec),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl pb::compactor_server::Compactor for Sink {
+    async fn compact_level(
+        &self,
+        r: Request<pb::CompactLevelRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        let r = r.into_inner();
+        let spec = r.spec.unwrap_or_default();
+        self.push(
+            r.dispatch,
+            spec.output_file_ids.clone(),
+            pb::task_spec::Spec::Compaction(spec),
+        )
+    }
+}
+
+/// A fake worker with a real gRPC server on 127.0.0.1.
+pub struct FakeWorker {
+    pub worker_id: u64,
+    pub address: String,
+    pub kind: pb::WorkerKind,
+    pub received: mpsc::UnboundedReceiver<Received>,
+    pub scheduler: pb::scheduler_client::SchedulerClient<Channel>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl FakeWorker {
+    /// Starts the server and registers with the scheduler at `scheduler_addr`.
+    pub async fn start(kind: pb::WorkerKind, scheduler_addr: &str, slots: u32) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let (tx, received) = mpsc::unbounded_channel();
+        let sink = Sink(Arc::new(Mutex::new(tx)));
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let router = tonic::transport::Server::builder()
+            .add_service(pb::flusher_server::FlusherServer::new(sink.clone()))
+            .add_service(pb::compactor_server::CompactorServer::new(sink));
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop_rx.wait_for(|v| *v).await;
+            },
+        ));
+        let mut scheduler =
+            pb::scheduler_client::SchedulerClient::connect(format!("http://{scheduler_addr}"))
+                .await
+                .expect("connect to the scheduler");
+        let worker_id = scheduler
+            .register_worker(pb::RegisterWorkerRequest {
+                kind: kind as i32,
+                advertised_address: address.clone(),
+                slots,
+                name: format!("fake-{address}"),
+                version: "test".into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .worker_id;
+        Self {
+            worker_id,
+            address,
+            kind,
+            received,
+            scheduler,
+            shutdown: stop_tx,
+        }
+    }
+
+    /// Sends one heartbeat reporting `running` as (task, attempt, bytes_read).
+    pub async fn heartbeat(&mut self, running: &[(u64, u32, u64)]) -> pb::HeartbeatResponse {
+        self.scheduler
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: self.worker_id,
+                running: running
+                    .iter()
+                    .map(|(t, a, b)| pb::TaskProgress {
+                        task_id: *t,
+                        attempt: *a,
+                        bytes_read: *b,
+                        ..Default::default()
+                    })
+                    .collect(),
+                tables: Vec::new(),
+            })
+            .await
+            .expect("heartbeat")
+            .into_inner()
+    }
+
+    /// Waits for the next dispatch, heartbeating (with no running attempts) meanwhile so
+    /// the worker stays alive.
+    pub async fn next_dispatch(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(d) = self.received.try_recv() {
+                return Some(d);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            let _ = self.heartbeat(&[]).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reports success with `files`.
+    pub async fn complete_flush(
+        &mut self,
+        d: &Received,
+        files: Vec<pb::FileMeta>,
+    ) -> Result<(), Status> {
+        self.complete(
+            d.task_id,
+            d.attempt,
+            pb::task_result::Result::Flush(pb::FlushResult {
+                files,
+                bytes_read: 0,
+            }),
+        )
+        .await
+    }
+
+    /// Reports success of `(task, attempt)`.
+    pub async fn complete(
+        &mut self,
+        task_id: u64,
+        attempt: u32,
+        result: pb::task_result::Result,
+    ) -> Result<(), Status> {
+        self.scheduler
+            .complete_task(pb::CompleteTaskRequest {
+                task_id,
+                attempt,
+                worker_id: self.worker_id,
+                outcome: Some(pb::complete_task_request::Outcome::Result(pb::TaskResult {
+                    result: Some(result),
+                })),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Reports a failure.
+    pub async fn fail(&mut self, task_id: u64, attempt: u32, message: &str) -> Result<(), Status> {
+        self.scheduler
+            .complete_task(pb::CompleteTaskRequest {
+                task_id,
+                attempt,
+                worker_id: self.worker_id,
+                outcome: Some(pb::complete_task_request::Outcome::Error(pb::TaskError {
+                    kind: pb::ErrorKind::Flush as i32,
+                    message: message.to_owned(),
+                    retriable: true,
+                    attempt,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// A file as a flusher would report it.
+pub fn file(id: u64, smallest: &[u8], largest: &[u8], seq: u64) -> pb::FileMeta {
+    pb::FileMeta {
+        file_id: id,
+        size_bytes: 4096,
+        smallest_key: smallest.to_vec(),
+        largest_key: largest.to_vec(),
+        smallest_seq: seq,
+        largest_seq: seq,
+        entry_count: 10,
+        tombstone_count: 0,
+    }
+}
