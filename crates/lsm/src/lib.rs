@@ -4,6 +4,7 @@
 //! Nothing here does IO, reads a clock or touches protobuf types: callers pass state in and
 //! get a plan (or an iterator) out, so everything is tested with small in-memory fixtures.
 
+pub mod compaction;
 pub mod iter;
 pub mod key;
 pub mod manifest;
