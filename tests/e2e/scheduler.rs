@@ -125,15 +125,17 @@ async fn a_task_is_dispatched_completed_and_committed() {
     );
 }
 
-/// Keeps `w` heartbeating (reporting `running` with growing progress) until dropped.
-fn keep_alive(
-    mut w: FakeWorker,
-    growing: bool,
-) -> (
+/// A background heartbeat loop: its handle (returns the worker), the attempts it reports
+/// as running, and its stop switch.
+type KeepAlive = (
     tokio::task::JoinHandle<FakeWorker>,
     tokio::sync::watch::Sender<Vec<(u64, u32)>>,
     tokio::sync::oneshot::Sender<()>,
-) {
+);
+
+/// Keeps `w` heartbeating (reporting `running`, with growing progress if `growing`) until
+/// stopped.
+fn keep_alive(mut w: FakeWorker, growing: bool) -> KeepAlive {
     let (running_tx, running_rx) = tokio::sync::watch::channel(Vec::<(u64, u32)>::new());
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(async move {

@@ -30,14 +30,14 @@ impl Sink {
         spec: pb::task_spec::Spec,
     ) -> Result<Response<pb::DispatchResponse>, Status> {
         let d = d.ok_or_else(|| Status::invalid_argument("dispatch: required"))?;
-        let _ = self.0.lock().map(|s| {
-            s.send(Received {
+        if let Ok(s) = self.0.lock() {
+            let _ = s.send(Received {
                 task_id: d.task_id,
                 attempt: d.attempt,
                 output_file_ids: outputs,
                 spec: pb::TaskSpec { spec: Some(spec) },
-            })
-        });
+            });
+        }
         Ok(Response::new(pb::DispatchResponse { accepted: true }))
     }
 }

@@ -397,14 +397,14 @@ impl Core {
             return Err(CoreError::TableNotFound(table));
         }
         // One flush task per frozen memtable: a repeated request gets the same task.
-        if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec {
-            if let Some(t) = self.tasks.values().find(|t| {
+        if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec
+            && let Some(t) = self.tasks.values().find(|t| {
                 !t.state.is_final()
                     && matches!(&t.spec, TaskSpec::MemtableFlush { table: tt, memtable_id: m, .. }
                         if *tt == table && m == memtable_id)
-            }) {
-                return Ok(t.id);
-            }
+            })
+        {
+            return Ok(t.id);
         }
         let pending = self
             .tasks
@@ -483,19 +483,18 @@ impl Core {
                 task.state
             )));
         }
-        if task.state == TaskState::Running {
-            if let Some(a) = task
+        if task.state == TaskState::Running
+            && let Some(a) = task
                 .attempts
                 .iter_mut()
                 .rev()
                 .find(|a| a.attempt == task.attempt)
-            {
-                a.ended_at_ms = now_ms;
-                self.pending_cancels
-                    .entry(a.worker_id)
-                    .or_default()
-                    .push((id, task.attempt));
-            }
+        {
+            a.ended_at_ms = now_ms;
+            self.pending_cancels
+                .entry(a.worker_id)
+                .or_default()
+                .push((id, task.attempt));
         }
         task.state = TaskState::Cancelled;
         task.finished_at_ms = now_ms;
@@ -866,11 +865,11 @@ impl Core {
                 ended_at_ms: 0,
                 output_file_ids: output_file_ids.clone(),
             });
-            if let TaskSpec::WalReplay { table, .. } = &task.spec {
-                if let Some(t) = self.tables.get_mut(table) {
-                    t.replayer_address = address.clone();
-                    self.dirty.tables.insert(table.clone());
-                }
+            if let TaskSpec::WalReplay { table, .. } = &task.spec
+                && let Some(t) = self.tables.get_mut(table)
+            {
+                t.replayer_address = address.clone();
+                self.dirty.tables.insert(table.clone());
             }
             let dispatch = Dispatch {
                 task_id: id,
@@ -1051,11 +1050,11 @@ impl Core {
                     );
                     self.dirty.manifests.insert(table.clone());
                 }
-                if let (TaskSpec::StatisticsUpdate { .. }, Some(stats)) = (&spec, stats) {
-                    if self.tables.contains_key(&table) {
-                        self.stats.insert(table.clone(), stats);
-                        self.dirty.stats.insert(table.clone());
-                    }
+                if let (TaskSpec::StatisticsUpdate { .. }, Some(stats)) = (&spec, stats)
+                    && self.tables.contains_key(&table)
+                {
+                    self.stats.insert(table.clone(), stats);
+                    self.dirty.stats.insert(table.clone());
                 }
                 if let Some(task) = self.tasks.get_mut(&task_id) {
                     task.state = TaskState::Succeeded;

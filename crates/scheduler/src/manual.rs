@@ -42,12 +42,12 @@ pub fn manual_compaction(
         .ok_or_else(|| CoreError::TableNotFound(table.to_owned()))?;
     let levels = &m.levels.levels;
     let last = levels.len().saturating_sub(1) as u32;
-    if let Some(l) = level {
-        if l > last {
-            return Err(CoreError::Invalid(format!(
-                "level {l} does not exist (table {table} has levels 0..={last})"
-            )));
-        }
+    if let Some(l) = level
+        && l > last
+    {
+        return Err(CoreError::Invalid(format!(
+            "level {l} does not exist (table {table} has levels 0..={last})"
+        )));
     }
     if level.is_none() && !force {
         // Without force the pickers decide; they run on every tick.
@@ -90,17 +90,17 @@ pub fn manual_compaction(
                 .unwrap_or_default();
             let output = (l + 1).min(last);
             let mut inputs = vec![(l, chosen.clone())];
-            if output != l {
-                if let Some((lo, hi)) = key_range(&chosen) {
-                    let next: Vec<FileMeta> = m
-                        .levels
-                        .overlapping(output as usize, &lo, &hi)
-                        .into_iter()
-                        .cloned()
-                        .collect();
-                    if !next.is_empty() {
-                        inputs.push((output, next));
-                    }
+            if output != l
+                && let Some((lo, hi)) = key_range(&chosen)
+            {
+                let next: Vec<FileMeta> = m
+                    .levels
+                    .overlapping(output as usize, &lo, &hi)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                if !next.is_empty() {
+                    inputs.push((output, next));
                 }
             }
             (inputs, output)

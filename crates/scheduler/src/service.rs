@@ -242,7 +242,7 @@ pub async fn dispatch_loop(
         }
         rounds += 1;
         let dispatches = state.mutate(|c, now| {
-            if rounds % 50 == 0 {
+            if rounds.is_multiple_of(50) {
                 c.prune_finished(10_000);
             }
             c.tick(now)
@@ -250,7 +250,7 @@ pub async fn dispatch_loop(
         for d in dispatches {
             tokio::spawn(state.clone().send(d));
         }
-        if rounds % 10 == 0 {
+        if rounds.is_multiple_of(10) {
             state.publish_metrics();
         }
     }
