@@ -21,6 +21,7 @@ use catalog::{
     AttemptRecord, CatalogBatch, CatalogSnapshot, ColumnDef, ErrorRecord, ManifestRecord,
     TableRecord, TaskKind, TaskRecord, TaskSpec, TaskState, WorkerRecord,
 };
+use lsm::compaction::{PickerInput, Strategy, pick};
 use lsm::manifest::{FileMeta, Version, VersionEdit};
 
 /// Limits and timers of the state machine.
@@ -1073,6 +1074,64 @@ impl Core {
                 Ok(())
             }
         }
+    }
+
+    /// Runs the compaction picker over every table: trivial moves are committed at once
+    /// (re-levelled, not rewritten: one manifest edit, no worker); other plans are queued
+    /// as Compaction tasks, their inputs locked. Returns (tasks queued, files moved).
+    pub fn plan_compactions(&mut self, strategy: &Strategy, now_ms: i64) -> (Vec<u64>, usize) {
+        let tables: Vec<String> = self.tables.keys().cloned().collect();
+        let mut queued = Vec::new();
+        let mut moved = 0;
+        for table in tables {
+            let locked: BTreeSet<u64> = self.locks.keys().copied().collect();
+            let Some(m) = self.manifests.get(&table) else {
+                continue;
+            };
+            let output = pick(
+                strategy,
+                &PickerInput {
+                    version: &m.levels,
+                    locked: &locked,
+                },
+            );
+            for plan in output.plans {
+                if plan.trivial_move {
+                    let Some(m) = self.manifests.get(&table) else {
+                        break;
+                    };
+                    // Plans of one pick are independent; an edit that no longer applies
+                    // (a file moved meanwhile) is simply skipped until the next pick.
+                    if let Ok(next) = m.levels.apply(&plan.move_edit()) {
+                        moved += plan.input_ids().len();
+                        let rec = ManifestRecord {
+                            table: table.clone(),
+                            version: m.version + 1,
+                            checkpoint: m.checkpoint,
+                            levels: next,
+                        };
+                        self.manifests.insert(table.clone(), rec);
+                        self.dirty.manifests.insert(table.clone());
+                    }
+                    continue;
+                }
+                let spec = TaskSpec::Compaction {
+                    table: table.clone(),
+                    inputs: plan.inputs.clone(),
+                    output_level: plan.output_level,
+                    bottommost: plan.bottommost,
+                    target_file_size: plan.target_file_size,
+                    trivial_move: false,
+                    reason: plan.reason.clone(),
+                };
+                let top = plan.inputs.first().map_or(0, |(l, _)| *l as i32);
+                // A full queue or a lock taken since the pick: try again next round.
+                if let Ok(id) = self.submit(spec, 80 - 5 * top, now_ms) {
+                    queued.push(id);
+                }
+            }
+        }
+        (queued, moved)
     }
 
     /// Forgets final tasks beyond the newest `keep` (failed ones are kept until then too).

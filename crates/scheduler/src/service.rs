@@ -21,6 +21,8 @@ use runtime::grpc::{TracedChannel, connect_lazy, endpoint_url};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
+use lsm::compaction::{LevelConfig, SizeTieredConfig, Strategy};
+
 use crate::convert::{self, DispatchCall, status_of};
 use crate::core::{Core, CoreConfig, Dispatch};
 
@@ -75,9 +77,36 @@ pub fn core_config(cfg: &Config) -> CoreConfig {
     }
 }
 
+/// The picker strategy from the service config.
+pub fn strategy(cfg: &Config) -> Strategy {
+    let c = &cfg.compaction;
+    match c.strategy {
+        runtime::config::Strategy::LevelBased => Strategy::LevelBased(LevelConfig {
+            trigger_threshold: c.trigger_threshold,
+            max_bytes_for_level_base: c.level_based.max_bytes_for_level_base.as_u64(),
+            level_multiplier: c.level_based.level_multiplier,
+            dynamic_level_bytes: c.level_based.dynamic_level_bytes,
+            num_levels: c.level_based.num_levels,
+            target_file_size: c.target_file_size.as_u64(),
+            tombstone_ratio: c.tombstone_ratio,
+            ..LevelConfig::default()
+        }),
+        runtime::config::Strategy::SizeTiered => Strategy::SizeTiered(SizeTieredConfig {
+            min_threshold: c.trigger_threshold,
+            max_threshold: c.size_tiered.max_threshold,
+            bucket_low: c.size_tiered.bucket_low,
+            bucket_high: c.size_tiered.bucket_high,
+            min_sstable_size: c.size_tiered.min_sstable_size.as_u64(),
+            tombstone_ratio: c.tombstone_ratio,
+            ..SizeTieredConfig::default()
+        }),
+    }
+}
+
 /// Shared state of the scheduler process.
 pub struct SchedulerState {
     config: Arc<Config>,
+    strategy: Strategy,
     advertised_address: String,
     started_at: std::time::Instant,
     core: Mutex<Core>,
@@ -97,6 +126,7 @@ impl SchedulerState {
         let snapshot = catalog.load()?;
         let core = Core::from_snapshot(core_config(&ctx.config), snapshot, now_ms());
         Ok(Self {
+            strategy: strategy(&ctx.config),
             config: ctx.config.clone(),
             advertised_address: ctx.advertised_address.clone(),
             started_at: ctx.started_at,
@@ -226,7 +256,8 @@ impl SchedulerState {
 }
 
 /// The dispatch loop: on a short ticker and whenever woken, expire leases and hand out
-/// work; every 5 s also forget old finished tasks.
+/// work; after every wake-up (commits wake it) and every `scheduler.pick_interval`, run
+/// the compaction picker; every 5 s also forget old finished tasks.
 pub async fn dispatch_loop(
     state: Arc<SchedulerState>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -234,16 +265,32 @@ pub async fn dispatch_loop(
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
+    let pick_every = state.config.scheduler.pick_interval.get();
+    let mut last_pick = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let woken = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-            _ = state.wake.notified() => {}
-        }
+            _ = ticker.tick() => false,
+            _ = state.wake.notified() => true,
+        };
         rounds += 1;
+        let pick_now = woken || last_pick.elapsed() >= pick_every;
+        if pick_now {
+            last_pick = tokio::time::Instant::now();
+        }
         let dispatches = state.mutate(|c, now| {
             if rounds.is_multiple_of(50) {
                 c.prune_finished(10_000);
+            }
+            if pick_now {
+                let (queued, moved) = c.plan_compactions(&state.strategy, now);
+                if !queued.is_empty() || moved > 0 {
+                    tracing::info!(
+                        queued = queued.len(),
+                        trivially_moved = moved,
+                        "compaction picker"
+                    );
+                }
             }
             c.tick(now)
         });

@@ -507,3 +507,55 @@ fn restart_from_the_catalog_restores_queue_manifest_failures_and_attempts() {
     assert!(next > queued);
     let _ = (a, b);
 }
+
+fn level_strategy() -> Strategy {
+    Strategy::LevelBased(lsm::compaction::LevelConfig {
+        trigger_threshold: 4,
+        num_levels: 4,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn the_picker_queues_overlapping_l0_and_moves_disjoint_files_without_a_worker() {
+    let (mut c, _, _) = setup();
+    // Four overlapping L0 files: one compaction task, inputs locked.
+    with_files(
+        &mut c,
+        &[
+            (0, file(1, "a", "m", 1)),
+            (0, file(2, "b", "n", 2)),
+            (0, file(3, "c", "o", 3)),
+            (0, file(4, "d", "p", 4)),
+        ],
+    );
+    let (queued, moved) = c.plan_compactions(&level_strategy(), T0);
+    assert_eq!((queued.len(), moved), (1, 0));
+    assert_eq!(c.locked_files().len(), 4);
+    // Picking again while it runs creates nothing new.
+    assert_eq!(c.plan_compactions(&level_strategy(), T0).0.len(), 0);
+
+    // A second table with four disjoint L0 files: moved down, no task, no rewrite.
+    c.create_table("u", vec![], T0).expect("table");
+    let m = c.manifests.get_mut("u").expect("manifest");
+    m.levels = m
+        .levels
+        .apply(&VersionEdit {
+            removed: vec![],
+            added: vec![
+                (0, file(11, "a", "b", 1)),
+                (0, file(12, "c", "d", 2)),
+                (0, file(13, "e", "f", 3)),
+                (0, file(14, "g", "h", 4)),
+            ],
+        })
+        .expect("fixture");
+    let before = c.manifest("u").expect("u").version;
+    let (queued, moved) = c.plan_compactions(&level_strategy(), T0);
+    assert_eq!((queued.len(), moved), (0, 4));
+    let m = c.manifest("u").expect("u");
+    assert!(m.levels.levels[0].is_empty());
+    assert_eq!(m.levels.file_ids().len(), 4);
+    assert_eq!(m.version, before + 1);
+    assert!(!c.take_batch().is_empty(), "the move is persisted");
+}
