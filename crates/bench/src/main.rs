@@ -27,7 +27,9 @@ enum Workload {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         match args.workload {
             Workload::Scheduler(o) => scheduler_bench::run(o).await,

@@ -85,7 +85,8 @@ async fn start_worker(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?.to_string();
-    let scheduler = pb::scheduler_client::SchedulerClient::connect(scheduler_url.to_owned()).await?;
+    let scheduler =
+        pb::scheduler_client::SchedulerClient::connect(scheduler_url.to_owned()).await?;
     let worker = NoopFlusher {
         scheduler: scheduler.clone(),
         worker_id: Arc::default(),
@@ -188,7 +189,10 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
     }
     let total = per * o.concurrency;
     loop {
-        let q = admin.get_queue_status(pb::GetQueueStatusRequest {}).await?.into_inner();
+        let q = admin
+            .get_queue_status(pb::GetQueueStatusRequest {})
+            .await?
+            .into_inner();
         let busy: u32 = q.types.iter().map(|t| t.pending + t.running).sum();
         if busy == 0 {
             break;

@@ -64,10 +64,10 @@ pub struct CatalogSnapshot {
     pub counters: BTreeMap<String, u64>,
 }
 
-/// Changes to persist atomically.
+/// Changes to persist atomically: puts (`Some`) and deletes (`None`) in order.
 #[derive(Default)]
 pub struct CatalogBatch {
-    batch: WriteBatch,
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     error: Option<CatalogError>,
 }
 
@@ -78,7 +78,7 @@ impl CatalogBatch {
 
     fn put_json<T: Serialize>(&mut self, k: Vec<u8>, v: &T) -> &mut Self {
         match serde_json::to_vec(v) {
-            Ok(bytes) => self.batch.put(k, bytes),
+            Ok(bytes) => self.ops.push((k, Some(bytes))),
             Err(e) => {
                 self.error.get_or_insert(CatalogError::Corrupt {
                     key: String::from_utf8_lossy(&k).into_owned(),
@@ -93,9 +93,9 @@ impl CatalogBatch {
         self.put_json(key(TABLE, t.name.as_bytes()), t)
     }
     pub fn delete_table(&mut self, name: &str) -> &mut Self {
-        self.batch.delete(key(TABLE, name.as_bytes()));
-        self.batch.delete(key(MANIFEST, name.as_bytes()));
-        self.batch.delete(key(STATS, name.as_bytes()));
+        self.ops.push((key(TABLE, name.as_bytes()), None));
+        self.ops.push((key(MANIFEST, name.as_bytes()), None));
+        self.ops.push((key(STATS, name.as_bytes()), None));
         self
     }
     pub fn put_manifest(&mut self, m: &ManifestRecord) -> &mut Self {
@@ -105,31 +105,33 @@ impl CatalogBatch {
         self.put_json(key(TASK, &t.id.to_be_bytes()), t)
     }
     pub fn delete_task(&mut self, id: u64) -> &mut Self {
-        self.batch.delete(key(TASK, &id.to_be_bytes()));
+        self.ops.push((key(TASK, &id.to_be_bytes()), None));
         self
     }
     pub fn put_worker(&mut self, w: &WorkerRecord) -> &mut Self {
         self.put_json(key(WORKER, &w.id.to_be_bytes()), w)
     }
     pub fn delete_worker(&mut self, id: u64) -> &mut Self {
-        self.batch.delete(key(WORKER, &id.to_be_bytes()));
+        self.ops.push((key(WORKER, &id.to_be_bytes()), None));
         self
     }
     pub fn put_stats(&mut self, table: &str, stats: &serde_json::Value) -> &mut Self {
         self.put_json(key(STATS, table.as_bytes()), stats)
     }
     pub fn set_counter(&mut self, name: &str, value: u64) -> &mut Self {
-        self.batch
-            .put(key(COUNTER, name.as_bytes()), value.to_be_bytes());
+        self.ops.push((
+            key(COUNTER, name.as_bytes()),
+            Some(value.to_be_bytes().to_vec()),
+        ));
         self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.error.is_none()
+        self.ops.is_empty() && self.error.is_none()
     }
 
     pub fn len(&self) -> usize {
-        self.batch.len()
+        self.ops.len()
     }
 }
 
@@ -156,14 +158,33 @@ impl Catalog {
 
     /// Persists `batch` atomically and durably (synced WAL) before returning.
     pub fn write(&self, batch: CatalogBatch) -> Result<(), CatalogError> {
-        if let Some(e) = batch.error {
-            return Err(e);
+        self.write_many(std::iter::once(batch))
+    }
+
+    /// Persists several batches, in order, as one atomic synced write (group commit: one
+    /// fsync for all of them).
+    pub fn write_many(
+        &self,
+        batches: impl IntoIterator<Item = CatalogBatch>,
+    ) -> Result<(), CatalogError> {
+        let mut wb = WriteBatch::default();
+        for b in batches {
+            if let Some(e) = b.error {
+                return Err(e);
+            }
+            for (k, v) in b.ops {
+                match v {
+                    Some(v) => wb.put(k, v),
+                    None => wb.delete(k),
+                }
+            }
+        }
+        if wb.is_empty() {
+            return Ok(());
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db
-            .write_opt(batch.batch, &opts)
-            .map_err(CatalogError::Write)
+        self.db.write_opt(wb, &opts).map_err(CatalogError::Write)
     }
 
     /// Loads every record.

@@ -3,17 +3,18 @@
 //! persisted to the catalog (one synced WriteBatch) before anyone acts on it.
 //!
 //! Order of persistence, written down once: (1) the core mutates its in-memory state and
-//! marks what changed; (2) [`SchedulerState::mutate`] writes those changes as one synced
-//! batch while still holding the core's lock, so batches reach the catalog in the order
-//! the changes were made; (3) only then are replies sent and dispatch RPCs made. If a
-//! catalog write fails the process stops: a restart reloads the last durable state, and
-//! what was not persisted was never acted on.
+//! marks what changed; (2) [`SchedulerState::mutate`] queues those changes while still
+//! holding the core's lock, so batches reach the catalog in the order the changes were
+//! made, and waits until they are durable — a group commit writes every queued batch with
+//! one synced write; (3) only then are replies sent and dispatch RPCs made. Reads wait the
+//! same way for what they saw. If a catalog write fails the process stops: a restart
+//! reloads the last durable state, and what was not persisted was never acted on.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use catalog::{Catalog, ColumnDef, TaskKind, TaskSpec, TaskState};
+use catalog::{Catalog, CatalogBatch, ColumnDef, TaskKind, TaskSpec, TaskState};
 use proto::v1 as pb;
 use runtime::ServiceContext;
 use runtime::config::Config;
@@ -103,6 +104,81 @@ pub fn strategy(cfg: &Config) -> Strategy {
     }
 }
 
+/// Group commit: changes are enqueued in the order the core made them; whoever waits for
+/// durability first becomes the leader, writes every queued batch as one synced write, and
+/// wakes the others. One fsync then covers many concurrent requests.
+#[derive(Default)]
+struct Committer {
+    queue: Mutex<CommitQueue>,
+    durable: Mutex<u64>,
+    durable_changed: Condvar,
+    writer: Mutex<()>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    last_seq: u64,
+    pending: Vec<CatalogBatch>,
+}
+
+impl Committer {
+    /// Queues a batch; returns the sequence number to wait for (the last one queued when
+    /// the batch is empty).
+    fn enqueue(&self, batch: CatalogBatch) -> u64 {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !batch.is_empty() {
+            q.last_seq += 1;
+            q.pending.push(batch);
+        }
+        q.last_seq
+    }
+
+    fn last_enqueued(&self) -> u64 {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_seq
+    }
+
+    fn wait_durable(&self, seq: u64, catalog: &Catalog) {
+        loop {
+            {
+                let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+                if *durable >= seq {
+                    return;
+                }
+            }
+            if let Ok(_leader) = self.writer.try_lock() {
+                let (batches, last) = {
+                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    (std::mem::take(&mut q.pending), q.last_seq)
+                };
+                if !batches.is_empty()
+                    && let Err(e) = catalog.write_many(batches)
+                {
+                    // Fail-stop: nothing of these changes was acted on; a restart
+                    // reloads the last durable state.
+                    tracing::error!("catalog write failed: {e}; stopping");
+                    eprintln!("error: catalog write failed: {e}; stopping");
+                    std::process::exit(70);
+                }
+                let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+                *durable = (*durable).max(last);
+                self.durable_changed.notify_all();
+            } else {
+                let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+                if *durable < seq {
+                    // The leader notifies under this lock; the timeout only covers a
+                    // leader that finished between our try_lock and this wait.
+                    let _ = self
+                        .durable_changed
+                        .wait_timeout(durable, Duration::from_millis(2));
+                }
+            }
+        }
+    }
+}
+
 /// Shared state of the scheduler process.
 pub struct SchedulerState {
     config: Arc<Config>,
@@ -111,6 +187,7 @@ pub struct SchedulerState {
     started_at: std::time::Instant,
     core: Mutex<Core>,
     catalog: Catalog,
+    committer: Committer,
     /// Wakes the dispatch loop when there may be work to hand out.
     wake: Notify,
     channels: Mutex<BTreeMap<String, TracedChannel>>,
@@ -132,6 +209,7 @@ impl SchedulerState {
             started_at: ctx.started_at,
             core: Mutex::new(core),
             catalog,
+            committer: Committer::default(),
             wake: Notify::new(),
             channels: Mutex::new(BTreeMap::new()),
         })
@@ -141,34 +219,39 @@ impl SchedulerState {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the core and persists what it changed before returning its result.
+    /// Runs `f` on the core and returns its result once what it changed (and everything
+    /// changed before it) is durable in the catalog.
     pub fn mutate<R>(&self, f: impl FnOnce(&mut Core, i64) -> R) -> R {
-        let mut core = self.lock();
-        let out = f(&mut core, now_ms());
-        let batch = core.take_batch();
-        if !batch.is_empty() {
-            let write = || self.catalog.write(batch);
-            let res = match tokio::runtime::Handle::try_current() {
-                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                    tokio::task::block_in_place(write)
-                }
-                _ => write(),
-            };
-            if let Err(e) = res {
-                // Fail-stop: nothing of this change was acted on; a restart reloads the
-                // last durable state.
-                tracing::error!("catalog write failed: {e}; stopping");
-                eprintln!("error: catalog write failed: {e}; stopping");
-                std::process::exit(70);
-            }
-        }
+        let (out, seq) = {
+            let mut core = self.lock();
+            let out = f(&mut core, now_ms());
+            let batch = core.take_batch();
+            // Enqueued under the core's lock: the commit order is the order of the changes.
+            (out, self.committer.enqueue(batch))
+        };
+        self.wait_durable(seq);
         out
     }
 
-    /// Reads the core without changing it.
+    /// Reads the core; returns once everything the read may have seen is durable, so no
+    /// reply ever shows state a crash could take back.
     pub fn read<R>(&self, f: impl FnOnce(&Core, i64) -> R) -> R {
-        let core = self.lock();
-        f(&core, now_ms())
+        let (out, seq) = {
+            let core = self.lock();
+            (f(&core, now_ms()), self.committer.last_enqueued())
+        };
+        self.wait_durable(seq);
+        out
+    }
+
+    fn wait_durable(&self, seq: u64) {
+        let wait = || self.committer.wait_durable(seq, &self.catalog);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     fn channel(&self, address: &str) -> Result<TracedChannel, Status> {
