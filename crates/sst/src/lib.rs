@@ -128,4 +128,4 @@ pub use format::{BlockHandle, FOOTER_LEN, FORMAT_VERSION, MAGIC};
 pub use hll::{Hll, HllError};
 pub use properties::Properties;
 pub use reader::{Found, ReaderStats, SstIterator, SstReader};
-pub use source::SstSource;
+pub use source::{ObjectSource, SstSource};

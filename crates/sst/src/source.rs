@@ -96,3 +96,39 @@ mod tests {
         assert!(SstSource::read_at(&f, 8, 5).is_err());
     }
 }
+
+/// An SST in shared storage (local directory or S3), read through
+/// [`storage::BlockingReader`]'s readahead window: iteration streams the object without
+/// buffering it whole. Use from a blocking thread.
+pub struct ObjectSource {
+    reader: std::sync::Mutex<storage::BlockingReader>,
+    size: u64,
+}
+
+impl ObjectSource {
+    pub fn new(reader: storage::BlockingReader) -> Self {
+        let size = reader.size();
+        Self {
+            reader: std::sync::Mutex::new(reader),
+            size,
+        }
+    }
+
+    /// Ranged requests issued so far.
+    pub fn requests(&self) -> u64 {
+        self.reader.lock().map(|r| r.requests()).unwrap_or_default()
+    }
+}
+
+impl SstSource for ObjectSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        self.reader
+            .lock()
+            .map_err(|_| std::io::Error::other("object reader poisoned by a panic"))?
+            .read_at(offset, len)
+    }
+}

@@ -252,3 +252,61 @@ impl Drop for BlockingReader {
         }
     }
 }
+
+/// A synchronous [`io::Write`] over an [`crate::ObjectWriter`] (multipart upload), so a
+/// streaming builder on a blocking thread (the SST builder) writes a large object without
+/// buffering it whole. Call [`BlockingWriter::finish`] to complete the upload; dropping it
+/// unfinished leaves no object behind.
+///
+/// **Use it only from a blocking thread**, like [`BlockingReader`].
+pub struct BlockingWriter {
+    handle: Handle,
+    inner: Option<crate::ObjectWriter>,
+}
+
+impl BlockingWriter {
+    pub fn new(handle: Handle, inner: crate::ObjectWriter) -> Self {
+        Self {
+            handle,
+            inner: Some(inner),
+        }
+    }
+
+    /// Completes the upload; returns the object's size.
+    pub fn finish(mut self) -> Result<u64, StorageError> {
+        match self.inner.take() {
+            Some(w) => self.handle.block_on(w.finish()),
+            None => Ok(0),
+        }
+    }
+
+    /// Bytes accepted so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |w| w.bytes_written())
+    }
+}
+
+impl io::Write for BlockingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let w = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("writer already finished"))?;
+        self.handle
+            .block_on(w.write(buf))
+            .map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlockingWriter {
+    fn drop(&mut self) {
+        if let Some(w) = self.inner.take() {
+            let _ = self.handle.block_on(w.abort());
+        }
+    }
+}

@@ -28,7 +28,7 @@ mod local;
 pub mod paths;
 mod store;
 
-pub use blocking::{BlockingReader, BlockingReaderConfig};
+pub use blocking::{BlockingReader, BlockingReaderConfig, BlockingWriter};
 pub use error::StorageError;
 pub use object_store::ObjectMeta;
 pub use object_store::path::Path as ObjectPath;
