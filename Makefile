@@ -52,8 +52,10 @@ bench: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	# New inputs go to a scratch corpus (first directory); the saved corpus is only read.
 	cd fuzz && for t in wal_reader sst_reader; do \
-	  $(CARGO) fuzz run $$t --sanitizer none corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	  mkdir -p target/new-corpus/$$t && \
+	  $(CARGO) fuzz run $$t --sanitizer none target/new-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
 # System packages: libclang for RocksDB's bindings (bindgen).
