@@ -155,6 +155,8 @@ pub struct Core {
     tables: BTreeMap<String, TableRecord>,
     manifests: BTreeMap<String, ManifestRecord>,
     tasks: BTreeMap<u64, TaskRecord>,
+    /// Ids of pending and running tasks: the hot paths scan these, not every task kept.
+    live: BTreeSet<u64>,
     workers: BTreeMap<u64, LiveWorker>,
     stats: BTreeMap<String, serde_json::Value>,
     counters: BTreeMap<String, u64>,
@@ -198,6 +200,12 @@ impl Core {
             cfg,
             tables: snap.tables,
             manifests: snap.manifests,
+            live: snap
+                .tasks
+                .values()
+                .filter(|t| !t.state.is_final())
+                .map(|t| t.id)
+                .collect(),
             tasks: snap.tasks,
             workers: BTreeMap::new(),
             stats: snap.stats,
@@ -253,6 +261,11 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// Pending and running tasks.
+    fn live_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.live.iter().filter_map(|id| self.tasks.get(id))
     }
 
     /// The changes since the last call, as one catalog batch (empty if nothing changed).
@@ -399,7 +412,7 @@ impl Core {
         }
         // One flush task per frozen memtable: a repeated request gets the same task.
         if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec
-            && let Some(t) = self.tasks.values().find(|t| {
+            && let Some(t) = self.live_tasks().find(|t| {
                 !t.state.is_final()
                     && matches!(&t.spec, TaskSpec::MemtableFlush { table: tt, memtable_id: m, .. }
                         if *tt == table && m == memtable_id)
@@ -408,8 +421,7 @@ impl Core {
             return Ok(t.id);
         }
         let pending = self
-            .tasks
-            .values()
+            .live_tasks()
             .filter(|t| t.state == TaskState::Pending)
             .count();
         if pending >= self.cfg.queue_size {
@@ -447,6 +459,7 @@ impl Core {
         for f in inputs {
             self.locks.insert(f, id);
         }
+        self.live.insert(id);
         self.tasks.insert(
             id,
             TaskRecord {
@@ -507,6 +520,7 @@ impl Core {
 
     /// Releases locks, progress and worker assignment of a task's attempt.
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
+        self.live.remove(&id);
         self.locks.retain(|_, t| *t != id);
         self.progress.remove(&(id, attempt));
         for w in self.workers.values_mut() {
@@ -543,8 +557,7 @@ impl Core {
         let kind = t.kind();
         if let Some(limit) = self.cfg.max_running.get(&kind) {
             let running = self
-                .tasks
-                .values()
+                .live_tasks()
                 .filter(|x| x.state == TaskState::Running && x.kind() == kind)
                 .count();
             if running >= *limit {
@@ -701,11 +714,7 @@ impl Core {
 
     fn expire(&mut self, now_ms: i64) {
         let mut failures = Vec::new();
-        for t in self
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::Running)
-        {
+        for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
             let Some(a) = t.current_attempt() else {
                 continue;
             };
@@ -811,8 +820,7 @@ impl Core {
     fn plan_dispatches(&mut self, now_ms: i64) -> Vec<Dispatch> {
         let aging = self.cfg.aging_ms.max(1);
         let mut ready: Vec<(i64, u64)> = self
-            .tasks
-            .values()
+            .live_tasks()
             .filter(|t| t.state == TaskState::Pending && t.not_before_ms <= now_ms)
             .map(|t| {
                 let effective = i64::from(t.priority) + (now_ms - t.created_at_ms) / aging;
@@ -821,11 +829,7 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        for t in self
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::Running)
-        {
+        for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
             *running.entry(t.kind()).or_default() += 1;
         }
         let mut out = Vec::new();

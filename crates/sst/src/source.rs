@@ -73,30 +73,6 @@ impl<T: SstSource + ?Sized> SstSource for Box<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_source_bounds() {
-        let b = Bytes::from_static(b"hello world");
-        assert_eq!(b.read_at(6, 5).expect("in range"), &b"world"[..]);
-        assert!(b.read_at(7, 5).is_err());
-        assert!(b.read_at(u64::MAX, 1).is_err());
-        assert!(b.read_at(1, usize::MAX).is_err());
-    }
-
-    #[test]
-    fn file_source_reads() {
-        use std::io::Write;
-        let mut f = tempfile::tempfile().expect("tempfile");
-        f.write_all(b"hello world").expect("write");
-        assert_eq!(SstSource::size(&f), 11);
-        assert_eq!(SstSource::read_at(&f, 0, 5).expect("read"), &b"hello"[..]);
-        assert!(SstSource::read_at(&f, 8, 5).is_err());
-    }
-}
-
 /// An SST in shared storage (local directory or S3), read through
 /// [`storage::BlockingReader`]'s readahead window: iteration streams the object without
 /// buffering it whole. Use from a blocking thread.
@@ -130,5 +106,29 @@ impl SstSource for ObjectSource {
             .lock()
             .map_err(|_| std::io::Error::other("object reader poisoned by a panic"))?
             .read_at(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_source_bounds() {
+        let b = Bytes::from_static(b"hello world");
+        assert_eq!(b.read_at(6, 5).expect("in range"), &b"world"[..]);
+        assert!(b.read_at(7, 5).is_err());
+        assert!(b.read_at(u64::MAX, 1).is_err());
+        assert!(b.read_at(1, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn file_source_reads() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(b"hello world").expect("write");
+        assert_eq!(SstSource::size(&f), 11);
+        assert_eq!(SstSource::read_at(&f, 0, 5).expect("read"), &b"hello"[..]);
+        assert!(SstSource::read_at(&f, 8, 5).is_err());
     }
 }
