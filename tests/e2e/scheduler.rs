@@ -203,6 +203,22 @@ async fn a_silent_worker_loses_its_task_and_its_late_completion_is_refused() {
             .any(|c| c.task_id == id && c.attempt == 1)
             || reply.reregister
     );
+    // Operators see both in the scheduler's metrics.
+    let http = s.ports.http;
+    let metrics_ok = tokio::task::block_in_place(|| {
+        tests::wait_until(Duration::from_secs(5), || {
+            let body = tests::http_get(http, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default();
+            body.contains("processor_stale_commits_refused_total 1")
+                && body.contains("processor_lease_expiries_total{reason=\"no_heartbeat\"} 1")
+        })
+    });
+    assert!(
+        metrics_ok,
+        "metrics: {:?}",
+        tests::http_get(http, "/metrics")
+    );
     b.complete_flush(
         &second,
         vec![file(second.output_file_ids[0], b"a", b"z", 10)],

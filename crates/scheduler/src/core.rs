@@ -165,6 +165,8 @@ pub struct Core {
     progress: HashMap<(u64, u32), ProgressMark>,
     /// Cancellations to deliver with each worker's next heartbeat reply.
     pending_cancels: BTreeMap<u64, Vec<(u64, u32)>>,
+    /// Attempts ended by the two timers since start: (lease expired, stuck).
+    timer_expiries: (u64, u64),
     dirty: Dirty,
 }
 
@@ -213,6 +215,7 @@ impl Core {
             locks: BTreeMap::new(),
             progress: HashMap::new(),
             pending_cancels: BTreeMap::new(),
+            timer_expiries: (0, 0),
             dirty: Dirty::default(),
         };
         for (id, record) in snap.workers {
@@ -261,6 +264,12 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// Attempts ended since start because their worker stopped heartbeating, and because
+    /// they made no progress.
+    pub fn timer_expiries(&self) -> (u64, u64) {
+        self.timer_expiries
     }
 
     /// Pending and running tasks.
@@ -747,6 +756,11 @@ impl Core {
             }
         }
         for (id, kind, message) in failures {
+            if kind == "stuck" {
+                self.timer_expiries.1 += 1;
+            } else {
+                self.timer_expiries.0 += 1;
+            }
             let attempt = self.tasks.get(&id).map_or(0, |t| t.attempt);
             // The old attempt may still be running somewhere: tell its worker to stop.
             if let Some(w) = self

@@ -27,6 +27,11 @@ use lsm::compaction::{LevelConfig, SizeTieredConfig, Strategy};
 use crate::convert::{self, DispatchCall, status_of};
 use crate::core::{Core, CoreConfig, Dispatch};
 
+/// Attempts ended by the scheduler's timers, by `reason` (`no_heartbeat`, `stuck`).
+pub const LEASE_EXPIRIES: &str = "processor_lease_expiries_total";
+/// Completions refused because the attempt was stale or its inputs were gone.
+pub const STALE_COMMITS_REFUSED: &str = "processor_stale_commits_refused_total";
+
 /// Wall-clock milliseconds: the only clock read of the scheduler, passed into the core.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -330,7 +335,9 @@ impl SchedulerState {
     }
 
     fn publish_metrics(&self) {
-        let counts = self.read(|c, _| c.counts());
+        let (counts, (expired, stuck)) = self.read(|c, _| (c.counts(), c.timer_expiries()));
+        metrics::counter!(LEASE_EXPIRIES, "reason" => "no_heartbeat").absolute(expired);
+        metrics::counter!(LEASE_EXPIRIES, "reason" => "stuck").absolute(stuck);
         for (kind, c) in counts {
             metrics::gauge!(runtime::metrics::QUEUE_DEPTH, "type" => kind.label(), "service" => "scheduler")
                 .set(c.pending as f64);
@@ -451,7 +458,13 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         let req = request.into_inner();
         let outcome = convert::outcome_from_pb(req.outcome)?;
         let failed = matches!(outcome, crate::core::Outcome::Failure(_));
-        let kind = self.0.read(|c, _| c.task(req.task_id).map(|t| t.kind()));
+        let (kind, started_ms) = self.0.read(|c, _| {
+            let t = c.task(req.task_id);
+            (
+                t.map(|t| t.kind()),
+                t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms),
+            )
+        });
         let result = self
             .0
             .mutate(|c, now| c.complete(req.task_id, req.attempt, outcome, now));
@@ -465,6 +478,11 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                     _ => "retried",
                 };
                 metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => status, "service" => "scheduler").increment(1);
+                if let Some(started) = started_ms {
+                    let secs = (now_ms() - started).max(0) as f64 / 1000.0;
+                    metrics::histogram!(runtime::metrics::TASK_DURATION, "type" => label)
+                        .record(secs);
+                }
                 tracing::info!(
                     task_id = req.task_id,
                     attempt = req.attempt,
@@ -478,6 +496,9 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             }
             Err(e) => {
                 metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => "refused", "service" => "scheduler").increment(1);
+                if matches!(e, crate::core::CoreError::Refused(_)) {
+                    metrics::counter!(STALE_COMMITS_REFUSED).increment(1);
+                }
                 tracing::warn!(
                     task_id = req.task_id,
                     attempt = req.attempt,
