@@ -458,20 +458,19 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         let req = request.into_inner();
         let outcome = convert::outcome_from_pb(req.outcome)?;
         let failed = matches!(outcome, crate::core::Outcome::Failure(_));
-        let (kind, started_ms) = self.0.read(|c, _| {
+        // One pass through the core (one durability wait) for the commit and what the
+        // metrics need to know about it.
+        let (kind, started_ms, result, state) = self.0.mutate(|c, now| {
             let t = c.task(req.task_id);
-            (
-                t.map(|t| t.kind()),
-                t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms),
-            )
+            let kind = t.map(|t| t.kind());
+            let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
+            let result = c.complete(req.task_id, req.attempt, outcome, now);
+            let state = c.task(req.task_id).map(|t| t.state);
+            (kind, started, result, state)
         });
-        let result = self
-            .0
-            .mutate(|c, now| c.complete(req.task_id, req.attempt, outcome, now));
         let label = kind.map_or("unknown", |k| k.label());
         match result {
             Ok(()) => {
-                let state = self.0.read(|c, _| c.task(req.task_id).map(|t| t.state));
                 let status = match state {
                     Some(TaskState::Succeeded) => "succeeded",
                     Some(TaskState::Failed) => "failed",
