@@ -8,8 +8,7 @@ use std::time::Instant;
 use proto::v1::compactor_server::{Compactor, CompactorServer};
 use proto::v1::{WorkerKind, WorkerStatus, WorkerStatusRequest};
 use runtime::ServiceContext;
-use runtime::worker::{RunningAttempts, service_info, spawn_heartbeats};
-use tokio_stream::wrappers::TcpListenerStream;
+use runtime::worker::{RunningAttempts, serve_worker, service_info};
 use tonic::{Request, Response, Status};
 
 struct CompactorApi {
@@ -39,21 +38,16 @@ impl Compactor for CompactorApi {
 /// Runs the compactor until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     let attempts = RunningAttempts::new(ctx.config.processor.worker_count);
-    let heartbeats = spawn_heartbeats(&ctx, WorkerKind::Compactor, attempts.clone())?;
-    let (health, router) = runtime::grpc::router(&ctx.config.server)?;
-    health.set_serving::<CompactorServer<CompactorApi>>().await;
     let api = CompactorApi {
-        attempts,
+        attempts: attempts.clone(),
         advertised_address: ctx.advertised_address.clone(),
         started_at: ctx.started_at,
     };
-    router
-        .add_service(CompactorServer::new(api))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(ctx.grpc_listener),
-            ctx.shutdown.clone().cancelled_owned(),
-        )
-        .await?;
-    heartbeats.abort();
-    Ok(())
+    serve_worker(
+        ctx,
+        WorkerKind::Compactor,
+        attempts,
+        CompactorServer::new(api),
+    )
+    .await
 }

@@ -9,8 +9,7 @@ use std::time::Instant;
 use proto::v1::replayer_server::{Replayer, ReplayerServer};
 use proto::v1::{ReplayerStatus, WorkerKind, WorkerStatusRequest};
 use runtime::ServiceContext;
-use runtime::worker::{RunningAttempts, service_info, spawn_heartbeats};
-use tokio_stream::wrappers::TcpListenerStream;
+use runtime::worker::{RunningAttempts, serve_worker, service_info};
 use tonic::{Request, Response, Status};
 
 struct ReplayerApi {
@@ -40,21 +39,16 @@ impl Replayer for ReplayerApi {
 /// Runs the replayer until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     let attempts = RunningAttempts::new(ctx.config.wal_replay.max_parallel_replays);
-    let heartbeats = spawn_heartbeats(&ctx, WorkerKind::Replayer, attempts.clone())?;
-    let (health, router) = runtime::grpc::router(&ctx.config.server)?;
-    health.set_serving::<ReplayerServer<ReplayerApi>>().await;
     let api = ReplayerApi {
-        attempts,
+        attempts: attempts.clone(),
         advertised_address: ctx.advertised_address.clone(),
         started_at: ctx.started_at,
     };
-    router
-        .add_service(ReplayerServer::new(api))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(ctx.grpc_listener),
-            ctx.shutdown.clone().cancelled_owned(),
-        )
-        .await?;
-    heartbeats.abort();
-    Ok(())
+    serve_worker(
+        ctx,
+        WorkerKind::Replayer,
+        attempts,
+        ReplayerServer::new(api),
+    )
+    .await
 }

@@ -288,3 +288,35 @@ pub fn spawn_heartbeats(
         ctx.shutdown.clone(),
     )))
 }
+
+/// Runs a worker service until `ctx.shutdown`: its gRPC service (with Health, marked
+/// serving, and reflection) on the bound listener, and the registration/heartbeat loop.
+pub async fn serve_worker<S>(
+    ctx: crate::ServiceContext,
+    kind: WorkerKind,
+    attempts: Arc<RunningAttempts>,
+    service: S,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+        + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let heartbeats = spawn_heartbeats(&ctx, kind, attempts)?;
+    let (health, router) = crate::grpc::router(&ctx.config.server)?;
+    health.set_serving::<S>().await;
+    router
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(ctx.grpc_listener),
+            ctx.shutdown.clone().cancelled_owned(),
+        )
+        .await?;
+    heartbeats.abort();
+    Ok(())
+}

@@ -25,6 +25,19 @@ pub use service::SchedulerState;
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
+    metrics::describe_counter!(
+        service::LEASE_EXPIRIES,
+        "Attempts ended by the scheduler's timers, by reason (no_heartbeat, stuck)."
+    );
+    metrics::describe_counter!(
+        service::STALE_COMMITS_REFUSED,
+        "Completions refused because the attempt was stale or its inputs were gone."
+    );
+    // Present from the first scrape, so alerts and dashboards see zeros, not gaps.
+    for reason in ["no_heartbeat", "stuck"] {
+        metrics::counter!(service::LEASE_EXPIRIES, "reason" => reason).absolute(0);
+    }
+    metrics::counter!(service::STALE_COMMITS_REFUSED).absolute(0);
     let state = Arc::new(SchedulerState::open(&ctx)?);
     let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
