@@ -400,3 +400,37 @@ async fn sigkill_and_restart_keep_queue_manifest_failures_and_attempts() {
     assert!(!reply.reregister);
     assert!(reply.cancel.is_empty(), "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_a_worker_rejects_fails_after_max_attempts_instead_of_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[("DP__SCHEDULER__MAX_ATTEMPTS", "2")], None).await;
+    create_table(&mut s, "t").await;
+    // A real flusher binary: today its FlushMemtable answers UNIMPLEMENTED.
+    let fp = Ports::free();
+    let mut env = service_env("flusher", fp, dir.path());
+    env.push((
+        "DP__SCHEDULER__ENDPOINT".to_owned(),
+        format!("http://{}", s.ports.grpc_addr()),
+    ));
+    env.push((
+        "DP__SCHEDULER__HEARTBEAT_INTERVAL".to_owned(),
+        "100ms".to_owned(),
+    ));
+    let flusher = Proc::start("flusher", "flusher", dir.path(), &[], &env);
+    tokio::task::block_in_place(|| wait_healthy(&flusher, fp.http));
+    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let t = loop {
+        let t = task(&mut s, id).await;
+        if t.state == pb::TaskState::Failed as i32 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(t.errors.len(), 2, "{:?}", t.errors);
+    assert!(
+        t.errors.iter().all(|e| e.message.contains("Unimplemented")),
+        "{:?}",
+        t.errors
+    );
+}

@@ -322,16 +322,54 @@ impl SchedulerState {
         let outcome = tokio::task::unconstrained(result).await;
         match outcome {
             Ok(true) => tracing::info!("dispatched"),
-            Ok(false) | Err(_) => {
-                let reason = match &outcome {
-                    Err(s) => format!("{:?}: {}", s.code(), s.message()),
-                    _ => "worker did not accept".to_owned(),
+            // Busy, unreachable or slow: not the task's fault; back to the queue.
+            Ok(false) => self.requeue(&d, "worker did not accept".to_owned()),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::ResourceExhausted
+                        | tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                ) =>
+            {
+                self.requeue(&d, format!("{:?}: {}", s.code(), s.message()))
+            }
+            // The worker rejected the work itself (unimplemented, invalid): a failed
+            // attempt, so max_attempts bounds it instead of an endless requeue.
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "dispatch rejected: {}", s.message());
+                let error = catalog::ErrorRecord {
+                    attempt: d.attempt,
+                    kind: "internal".to_owned(),
+                    message: format!(
+                        "dispatch rejected by {}: {:?}: {}",
+                        d.address,
+                        s.code(),
+                        s.message()
+                    ),
+                    file: String::new(),
+                    offset: 0,
+                    retriable: true,
+                    at_ms: 0,
                 };
-                tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
-                self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now));
+                let _ = self.mutate(|c, now| {
+                    c.complete(
+                        d.task_id,
+                        d.attempt,
+                        crate::core::Outcome::Failure(error),
+                        now,
+                    )
+                });
                 self.wake.notify_one();
             }
         }
+    }
+
+    fn requeue(&self, d: &Dispatch, reason: String) {
+        tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
+        self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now));
+        self.wake.notify_one();
     }
 
     fn publish_metrics(&self) {
