@@ -1,8 +1,6 @@
 //! `dp-bench`: workloads measured through the real services, printed as a table and
 //! optionally written as JSON. Each workload lives in its own module.
 
-mod scheduler_bench;
-
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of data-processor.
@@ -22,7 +20,7 @@ enum Workload {
     /// workers, and dispatch latency at a fixed rate.
     ///
     /// Example: `dp-bench scheduler --tasks 5000 --rate 1000 --seconds 5`
-    Scheduler(scheduler_bench::Options),
+    Scheduler(bench::scheduler::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         match args.workload {
-            Workload::Scheduler(o) => scheduler_bench::run(o).await,
+            Workload::Scheduler(o) => bench::scheduler::run(o).await,
         }
     })?;
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -19,19 +19,19 @@ use tonic::{Request, Response, Status};
 pub struct Options {
     /// Tasks for the throughput phase.
     #[arg(long, default_value_t = 5000)]
-    tasks: u64,
+    pub tasks: u64,
     /// Concurrent clients sending RequestFlush in the throughput phase.
     #[arg(long, default_value_t = 64)]
-    concurrency: u64,
+    pub concurrency: u64,
     /// Fake flushers.
     #[arg(long, default_value_t = 4)]
-    workers: u32,
+    pub workers: u32,
     /// Fixed arrival rate (tasks/s) of the latency phase.
     #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    pub rate: u64,
     /// Length of the latency phase.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub seconds: u64,
 }
 
 /// Results.
