@@ -109,24 +109,62 @@ pub fn strategy(cfg: &Config) -> Strategy {
     }
 }
 
-/// Group commit: changes are enqueued in the order the core made them; whoever waits for
-/// durability first becomes the leader, writes every queued batch as one synced write, and
-/// wakes the others. One fsync then covers many concurrent requests.
-#[derive(Default)]
+/// Group commit on a dedicated thread: changes are queued in the order the core made them
+/// (under the core's lock); the committer thread writes everything queued as one synced
+/// catalog write and publishes the highest durable sequence number; requests `await` it
+/// without blocking a runtime thread. One fsync covers every request that arrived while
+/// the previous one ran.
 struct Committer {
     queue: Mutex<CommitQueue>,
-    durable: Mutex<u64>,
-    durable_changed: Condvar,
-    writer: Mutex<()>,
+    work: Condvar,
+    durable: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct CommitQueue {
     last_seq: u64,
     pending: Vec<CatalogBatch>,
+    stopped: bool,
 }
 
 impl Committer {
+    /// Starts the committer thread over `catalog`.
+    fn start(catalog: Catalog) -> std::io::Result<Arc<Self>> {
+        let committer = Arc::new(Self {
+            queue: Mutex::new(CommitQueue::default()),
+            work: Condvar::new(),
+            durable: tokio::sync::watch::Sender::new(0),
+        });
+        let c = committer.clone();
+        std::thread::Builder::new()
+            .name("catalog-committer".into())
+            .spawn(move || c.run(catalog))?;
+        Ok(committer)
+    }
+
+    fn run(&self, catalog: Catalog) {
+        loop {
+            let (batches, last) = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                while q.pending.is_empty() && !q.stopped {
+                    q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if q.pending.is_empty() && q.stopped {
+                    return;
+                }
+                (std::mem::take(&mut q.pending), q.last_seq)
+            };
+            if let Err(e) = catalog.write_many(batches) {
+                // Fail-stop: nothing of these changes was acted on; a restart reloads the
+                // last durable state.
+                tracing::error!("catalog write failed: {e}; stopping");
+                eprintln!("error: catalog write failed: {e}; stopping");
+                std::process::exit(70);
+            }
+            self.durable.send_replace(last);
+        }
+    }
+
     /// Queues a batch; returns the sequence number to wait for (the last one queued when
     /// the batch is empty).
     fn enqueue(&self, batch: CatalogBatch) -> u64 {
@@ -134,6 +172,7 @@ impl Committer {
         if !batch.is_empty() {
             q.last_seq += 1;
             q.pending.push(batch);
+            self.work.notify_one();
         }
         q.last_seq
     }
@@ -145,42 +184,21 @@ impl Committer {
             .last_seq
     }
 
-    fn wait_durable(&self, seq: u64, catalog: &Catalog) {
-        loop {
-            {
-                let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-                if *durable >= seq {
-                    return;
-                }
-            }
-            if let Ok(_leader) = self.writer.try_lock() {
-                let (batches, last) = {
-                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    (std::mem::take(&mut q.pending), q.last_seq)
-                };
-                if !batches.is_empty()
-                    && let Err(e) = catalog.write_many(batches)
-                {
-                    // Fail-stop: nothing of these changes was acted on; a restart
-                    // reloads the last durable state.
-                    tracing::error!("catalog write failed: {e}; stopping");
-                    eprintln!("error: catalog write failed: {e}; stopping");
-                    std::process::exit(70);
-                }
-                let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-                *durable = (*durable).max(last);
-                self.durable_changed.notify_all();
-            } else {
-                let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-                if *durable < seq {
-                    // The leader notifies under this lock; the timeout only covers a
-                    // leader that finished between our try_lock and this wait.
-                    let _ = self
-                        .durable_changed
-                        .wait_timeout(durable, Duration::from_millis(2));
-                }
-            }
-        }
+    async fn wait_durable(&self, seq: u64) {
+        let mut rx = self.durable.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|d| *d >= seq).await;
+    }
+
+    fn stop(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
+        self.work.notify_all();
+    }
+}
+
+impl Drop for SchedulerState {
+    fn drop(&mut self) {
+        self.committer.stop();
     }
 }
 
@@ -191,8 +209,7 @@ pub struct SchedulerState {
     advertised_address: String,
     started_at: std::time::Instant,
     core: Mutex<Core>,
-    catalog: Catalog,
-    committer: Committer,
+    committer: Arc<Committer>,
     /// Wakes the dispatch loop when there may be work to hand out.
     wake: Notify,
     channels: Mutex<BTreeMap<String, TracedChannel>>,
@@ -213,8 +230,7 @@ impl SchedulerState {
             advertised_address: ctx.advertised_address.clone(),
             started_at: ctx.started_at,
             core: Mutex::new(core),
-            catalog,
-            committer: Committer::default(),
+            committer: Committer::start(catalog)?,
             wake: Notify::new(),
             channels: Mutex::new(BTreeMap::new()),
         })
@@ -226,7 +242,7 @@ impl SchedulerState {
 
     /// Runs `f` on the core and returns its result once what it changed (and everything
     /// changed before it) is durable in the catalog.
-    pub fn mutate<R>(&self, f: impl FnOnce(&mut Core, i64) -> R) -> R {
+    pub async fn mutate<R>(&self, f: impl FnOnce(&mut Core, i64) -> R) -> R {
         let (out, seq) = {
             let mut core = self.lock();
             let out = f(&mut core, now_ms());
@@ -234,29 +250,19 @@ impl SchedulerState {
             // Enqueued under the core's lock: the commit order is the order of the changes.
             (out, self.committer.enqueue(batch))
         };
-        self.wait_durable(seq);
+        self.committer.wait_durable(seq).await;
         out
     }
 
     /// Reads the core; returns once everything the read may have seen is durable, so no
     /// reply ever shows state a crash could take back.
-    pub fn read<R>(&self, f: impl FnOnce(&Core, i64) -> R) -> R {
+    pub async fn read<R>(&self, f: impl FnOnce(&Core, i64) -> R) -> R {
         let (out, seq) = {
             let core = self.lock();
             (f(&core, now_ms()), self.committer.last_enqueued())
         };
-        self.wait_durable(seq);
+        self.committer.wait_durable(seq).await;
         out
-    }
-
-    fn wait_durable(&self, seq: u64) {
-        let wait = || self.committer.wait_durable(seq, &self.catalog);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        }
     }
 
     fn channel(&self, address: &str) -> Result<TracedChannel, Status> {
@@ -273,11 +279,14 @@ impl SchedulerState {
         Ok(c)
     }
 
-    /// Sends one dispatch RPC; a refusal or an unreachable worker returns the task to the
-    /// queue.
+    /// Sends one dispatch RPC inside a `dispatch` span (its trace context travels to the
+    /// worker); a refusal or an unreachable worker returns the task to the queue.
     async fn send(self: Arc<Self>, d: Dispatch) {
         let span = tracing::info_span!("dispatch", task_id = d.task_id, attempt = d.attempt, table = d.spec.table(), task_type = d.spec.kind().label(), worker = %d.address);
-        let _enter = span.enter();
+        tracing::Instrument::instrument(self.send_in_span(d), span).await
+    }
+
+    async fn send_in_span(self: Arc<Self>, d: Dispatch) {
         let result = async {
             let channel = self.channel(&d.address)?;
             let accepted = match convert::dispatch_call(&d) {
@@ -323,7 +332,7 @@ impl SchedulerState {
         match outcome {
             Ok(true) => tracing::info!("dispatched"),
             // Busy, unreachable or slow: not the task's fault; back to the queue.
-            Ok(false) => self.requeue(&d, "worker did not accept".to_owned()),
+            Ok(false) => self.requeue(&d, "worker did not accept".to_owned()).await,
             Err(s)
                 if matches!(
                     s.code(),
@@ -334,6 +343,7 @@ impl SchedulerState {
                 ) =>
             {
                 self.requeue(&d, format!("{:?}: {}", s.code(), s.message()))
+                    .await
             }
             // The worker rejected the work itself (unimplemented, invalid): a failed
             // attempt, so max_attempts bounds it instead of an endless requeue.
@@ -353,27 +363,30 @@ impl SchedulerState {
                     retriable: true,
                     at_ms: 0,
                 };
-                let _ = self.mutate(|c, now| {
-                    c.complete(
-                        d.task_id,
-                        d.attempt,
-                        crate::core::Outcome::Failure(error),
-                        now,
-                    )
-                });
+                let _ = self
+                    .mutate(|c, now| {
+                        c.complete(
+                            d.task_id,
+                            d.attempt,
+                            crate::core::Outcome::Failure(error),
+                            now,
+                        )
+                    })
+                    .await;
                 self.wake.notify_one();
             }
         }
     }
 
-    fn requeue(&self, d: &Dispatch, reason: String) {
+    async fn requeue(&self, d: &Dispatch, reason: String) {
         tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
-        self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now));
+        self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now))
+            .await;
         self.wake.notify_one();
     }
 
-    fn publish_metrics(&self) {
-        let (counts, (expired, stuck)) = self.read(|c, _| (c.counts(), c.timer_expiries()));
+    async fn publish_metrics(&self) {
+        let (counts, (expired, stuck)) = self.read(|c, _| (c.counts(), c.timer_expiries())).await;
         metrics::counter!(LEASE_EXPIRIES, "reason" => "no_heartbeat").absolute(expired);
         metrics::counter!(LEASE_EXPIRIES, "reason" => "stuck").absolute(stuck);
         for (kind, c) in counts {
@@ -406,27 +419,29 @@ pub async fn dispatch_loop(
         if pick_now {
             last_pick = tokio::time::Instant::now();
         }
-        let dispatches = state.mutate(|c, now| {
-            if rounds.is_multiple_of(50) {
-                c.prune_finished(10_000);
-            }
-            if pick_now {
-                let (queued, moved) = c.plan_compactions(&state.strategy, now);
-                if !queued.is_empty() || moved > 0 {
-                    tracing::info!(
-                        queued = queued.len(),
-                        trivially_moved = moved,
-                        "compaction picker"
-                    );
+        let dispatches = state
+            .mutate(|c, now| {
+                if rounds.is_multiple_of(50) {
+                    c.prune_finished(10_000);
                 }
-            }
-            c.tick(now)
-        });
+                if pick_now {
+                    let (queued, moved) = c.plan_compactions(&state.strategy, now);
+                    if !queued.is_empty() || moved > 0 {
+                        tracing::info!(
+                            queued = queued.len(),
+                            trivially_moved = moved,
+                            "compaction picker"
+                        );
+                    }
+                }
+                c.tick(now)
+            })
+            .await;
         for d in dispatches {
             tokio::spawn(state.clone().send(d));
         }
         if rounds.is_multiple_of(10) {
-            state.publish_metrics();
+            state.publish_metrics().await;
         }
     }
 }
@@ -456,6 +471,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                     now,
                 )
             })
+            .await
             .map_err(status_of)?;
         tracing::info!(worker_id = id, kind, address = %req.advertised_address, "worker registered");
         self.0.wake.notify_one();
@@ -474,7 +490,8 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         let running: Vec<_> = req.running.iter().map(convert::progress_from_pb).collect();
         let reply = self
             .0
-            .mutate(|c, now| c.heartbeat(req.worker_id, &running, now));
+            .mutate(|c, now| c.heartbeat(req.worker_id, &running, now))
+            .await;
         Ok(Response::new(pb::HeartbeatResponse {
             cancel: reply
                 .cancel
@@ -498,14 +515,17 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         let failed = matches!(outcome, crate::core::Outcome::Failure(_));
         // One pass through the core (one durability wait) for the commit and what the
         // metrics need to know about it.
-        let (kind, started_ms, result, state) = self.0.mutate(|c, now| {
-            let t = c.task(req.task_id);
-            let kind = t.map(|t| t.kind());
-            let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
-            let result = c.complete(req.task_id, req.attempt, outcome, now);
-            let state = c.task(req.task_id).map(|t| t.state);
-            (kind, started, result, state)
-        });
+        let (kind, started_ms, result, state) = self
+            .0
+            .mutate(|c, now| {
+                let t = c.task(req.task_id);
+                let kind = t.map(|t| t.kind());
+                let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
+                let result = c.complete(req.task_id, req.attempt, outcome, now);
+                let state = c.task(req.task_id).map(|t| t.state);
+                (kind, started, result, state)
+            })
+            .await;
         let label = kind.map_or("unknown", |k| k.label());
         match result {
             Ok(()) => {
@@ -573,6 +593,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         let id = self
             .0
             .mutate(|c, now| c.submit(spec, priority, now))
+            .await
             .map_err(status_of)?;
         self.0.wake.notify_one();
         Ok(Response::new(pb::RequestFlushResponse { task_id: id }))
@@ -609,37 +630,39 @@ impl pb::admin_server::Admin for AdminApi {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let s = &self.0;
-        let resp = s.read(|c, now| {
-            let counts = c.counts();
-            pb::GetStatusResponse {
-                scheduler: Some(pb::ServiceInfo {
-                    service: "scheduler".to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    uptime_seconds: s.started_at.elapsed().as_secs(),
-                    advertised_address: s.advertised_address.clone(),
-                    slots: 0,
-                    running: Vec::new(),
-                    memory_bytes: runtime::metrics::resident_memory_bytes().unwrap_or(0),
-                }),
-                workers: c
-                    .workers()
-                    .map(|w| pb::WorkerInfo {
-                        worker_id: w.record.id,
-                        kind: convert::worker_kind_pb(&w.record.kind) as i32,
-                        name: w.record.name.clone(),
-                        address: w.record.address.clone(),
-                        slots: w.record.slots,
-                        running: w.assigned.len() as u32,
-                        last_heartbeat_ms_ago: (now - w.last_heartbeat_ms).max(0) as u64,
-                        alive: c.is_alive(w, now),
-                        version: w.record.version.clone(),
-                    })
-                    .collect(),
-                running_tasks: counts.values().map(|k| k.running as u32).sum(),
-                pending_tasks: counts.values().map(|k| k.pending as u32).sum(),
-                tables: c.tables().count() as u32,
-            }
-        });
+        let resp = s
+            .read(|c, now| {
+                let counts = c.counts();
+                pb::GetStatusResponse {
+                    scheduler: Some(pb::ServiceInfo {
+                        service: "scheduler".to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        uptime_seconds: s.started_at.elapsed().as_secs(),
+                        advertised_address: s.advertised_address.clone(),
+                        slots: 0,
+                        running: Vec::new(),
+                        memory_bytes: runtime::metrics::resident_memory_bytes().unwrap_or(0),
+                    }),
+                    workers: c
+                        .workers()
+                        .map(|w| pb::WorkerInfo {
+                            worker_id: w.record.id,
+                            kind: convert::worker_kind_pb(&w.record.kind) as i32,
+                            name: w.record.name.clone(),
+                            address: w.record.address.clone(),
+                            slots: w.record.slots,
+                            running: w.assigned.len() as u32,
+                            last_heartbeat_ms_ago: (now - w.last_heartbeat_ms).max(0) as u64,
+                            alive: c.is_alive(w, now),
+                            version: w.record.version.clone(),
+                        })
+                        .collect(),
+                    running_tasks: counts.values().map(|k| k.running as u32).sum(),
+                    pending_tasks: counts.values().map(|k| k.pending as u32).sum(),
+                    tables: c.tables().count() as u32,
+                }
+            })
+            .await;
         Ok(Response::new(resp))
     }
 
@@ -647,32 +670,37 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         _request: Request<pb::GetQueueStatusRequest>,
     ) -> Result<Response<pb::GetQueueStatusResponse>, Status> {
-        let resp = self.0.read(|c, now| {
-            let counts = c.counts();
-            let limits = &c.config().max_running;
-            pb::GetQueueStatusResponse {
-                types: counts
-                    .iter()
-                    .map(|(k, v)| pb::QueueTypeStatus {
-                        r#type: convert::kind_to_pb(*k) as i32,
-                        pending: v.pending as u32,
-                        running: v.running as u32,
-                        failed: v.failed as u32,
-                        limit: limits.get(k).map_or(0, |l| *l as u32),
-                    })
-                    .collect(),
-                depth: counts.values().map(|k| k.pending as u32).sum(),
-                capacity: c.config().queue_size as u32,
-                waiting: c
-                    .tasks()
-                    .filter(|t| t.state == TaskState::Pending)
-                    .take(100)
-                    .map(|t| {
-                        convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| c.progress(id, a))
-                    })
-                    .collect(),
-            }
-        });
+        let resp = self
+            .0
+            .read(|c, now| {
+                let counts = c.counts();
+                let limits = &c.config().max_running;
+                pb::GetQueueStatusResponse {
+                    types: counts
+                        .iter()
+                        .map(|(k, v)| pb::QueueTypeStatus {
+                            r#type: convert::kind_to_pb(*k) as i32,
+                            pending: v.pending as u32,
+                            running: v.running as u32,
+                            failed: v.failed as u32,
+                            limit: limits.get(k).map_or(0, |l| *l as u32),
+                        })
+                        .collect(),
+                    depth: counts.values().map(|k| k.pending as u32).sum(),
+                    capacity: c.config().queue_size as u32,
+                    waiting: c
+                        .tasks()
+                        .filter(|t| t.state == TaskState::Pending)
+                        .take(100)
+                        .map(|t| {
+                            convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| {
+                                c.progress(id, a)
+                            })
+                        })
+                        .collect(),
+                }
+            })
+            .await;
         Ok(Response::new(resp))
     }
 
@@ -704,29 +732,32 @@ impl pb::admin_server::Admin for AdminApi {
                 Status::invalid_argument(format!("type: unknown task type {}", req.r#type))
             })?)
         };
-        let resp = self.0.read(|c, now| {
-            let mut tasks: Vec<pb::Task> = c
-                .tasks()
-                .filter(|t| t.id > req.after_task_id)
-                .filter(|t| req.table.is_empty() || t.spec.table() == req.table)
-                .filter(|t| state.is_none_or(|s| t.state == s))
-                .filter(|t| kind.is_none_or(|k| t.kind() == k))
-                .take(page + 1)
-                .map(|t| {
-                    convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| c.progress(id, a))
-                })
-                .collect();
-            let next = if tasks.len() > page {
-                tasks.truncate(page);
-                tasks.last().map_or(0, |t| t.task_id)
-            } else {
-                0
-            };
-            pb::ListTasksResponse {
-                tasks,
-                next_after_task_id: next,
-            }
-        });
+        let resp = self
+            .0
+            .read(|c, now| {
+                let mut tasks: Vec<pb::Task> = c
+                    .tasks()
+                    .filter(|t| t.id > req.after_task_id)
+                    .filter(|t| req.table.is_empty() || t.spec.table() == req.table)
+                    .filter(|t| state.is_none_or(|s| t.state == s))
+                    .filter(|t| kind.is_none_or(|k| t.kind() == k))
+                    .take(page + 1)
+                    .map(|t| {
+                        convert::task_to_pb(t, c.waiting_reason(t, now), |id, a| c.progress(id, a))
+                    })
+                    .collect();
+                let next = if tasks.len() > page {
+                    tasks.truncate(page);
+                    tasks.last().map_or(0, |t| t.task_id)
+                } else {
+                    0
+                };
+                pb::ListTasksResponse {
+                    tasks,
+                    next_after_task_id: next,
+                }
+            })
+            .await;
         Ok(Response::new(resp))
     }
 
@@ -741,6 +772,7 @@ impl pb::admin_server::Admin for AdminApi {
                     convert::task_to_pb(t, c.waiting_reason(t, now), |i, a| c.progress(i, a))
                 })
             })
+            .await
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("task {id} not found")))
     }
@@ -756,6 +788,7 @@ impl pb::admin_server::Admin for AdminApi {
                 c.cancel(id, now)
                     .map(|t| convert::task_to_pb(t, String::new(), |_, _| None))
             })
+            .await
             .map_err(status_of)?;
         metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => convert::kind_from_pb(task.r#type).map_or("unknown", |k| k.label()), "status" => "cancelled", "service" => "scheduler").increment(1);
         Ok(Response::new(task))
@@ -768,31 +801,34 @@ impl pb::admin_server::Admin for AdminApi {
         let req = request.into_inner();
         let target = self.0.config.compaction.target_file_size.as_u64();
         let range = req.range.unwrap_or_default();
-        let result = self.0.mutate(|c, now| {
-            let tables: Vec<String> = if req.table.is_empty() {
-                c.tables().map(|t| t.name.clone()).collect()
-            } else if c.table(&req.table).is_some() {
-                vec![req.table.clone()]
-            } else {
-                return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
-            };
-            let mut ids = Vec::new();
-            for table in tables {
-                if let Some(spec) = crate::manual::manual_compaction(
-                    c,
-                    &table,
-                    req.level,
-                    &range.start,
-                    &range.end,
-                    target,
-                    req.force,
-                )? {
-                    let p = priority_of(&spec);
-                    ids.push(c.submit(spec, p, now)?);
+        let result = self
+            .0
+            .mutate(|c, now| {
+                let tables: Vec<String> = if req.table.is_empty() {
+                    c.tables().map(|t| t.name.clone()).collect()
+                } else if c.table(&req.table).is_some() {
+                    vec![req.table.clone()]
+                } else {
+                    return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
+                };
+                let mut ids = Vec::new();
+                for table in tables {
+                    if let Some(spec) = crate::manual::manual_compaction(
+                        c,
+                        &table,
+                        req.level,
+                        &range.start,
+                        &range.end,
+                        target,
+                        req.force,
+                    )? {
+                        let p = priority_of(&spec);
+                        ids.push(c.submit(spec, p, now)?);
+                    }
                 }
-            }
-            Ok(ids)
-        });
+                Ok(ids)
+            })
+            .await;
         let ids = result.map_err(status_of)?;
         self.0.wake.notify_one();
         let message = if ids.is_empty() {
@@ -844,6 +880,7 @@ impl pb::admin_server::Admin for AdminApi {
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
+            .await
             .map_err(status_of)?;
         self.0.wake.notify_one();
         Ok(Response::new(pb::TriggerResponse {
@@ -880,6 +917,7 @@ impl pb::admin_server::Admin for AdminApi {
                 table_to_pb(c, &req.name)
                     .ok_or_else(|| crate::core::CoreError::TableNotFound(req.name.clone()))
             })
+            .await
             .map_err(status_of)?;
         tracing::info!(table = %req.name, "table created");
         Ok(Response::new(info))
@@ -891,7 +929,8 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
         let tables = self
             .0
-            .read(|c, _| c.tables().filter_map(|t| table_to_pb(c, &t.name)).collect());
+            .read(|c, _| c.tables().filter_map(|t| table_to_pb(c, &t.name)).collect())
+            .await;
         Ok(Response::new(pb::ListTablesResponse { tables }))
     }
 
@@ -902,6 +941,7 @@ impl pb::admin_server::Admin for AdminApi {
         let name = request.into_inner().name;
         self.0
             .mutate(|c, now| c.drop_table(&name, now))
+            .await
             .map_err(status_of)?;
         tracing::info!(table = %name, "table dropped");
         Ok(Response::new(pb::DropTableResponse {}))
@@ -937,6 +977,7 @@ impl pb::admin_server::Admin for AdminApi {
                         .collect(),
                 })
             })
+            .await
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("table {table:?} not found")))
     }
@@ -957,6 +998,7 @@ impl pb::admin_server::Admin for AdminApi {
                         Status::not_found(format!("table {table:?} has no statistics yet"))
                     })
             })
+            .await
             .map(Response::new)
     }
 }
