@@ -368,19 +368,92 @@ fn urls_are_validated_with_typed_errors() {
     ));
 }
 
-/// Against a real S3-compatible server, when one is given:
-/// `DP_TEST_S3_ENDPOINT=http://127.0.0.1:5077 DP_TEST_S3_BUCKET=dp-test` (the bucket must
-/// exist; e.g. `moto_server -p 5077` and `curl -X PUT http://127.0.0.1:5077/dp-test`).
-/// Ignored by default (it needs a server); run with `--ignored` and those variables.
-#[tokio::test]
-#[ignore = "needs an S3 server: set DP_TEST_S3_ENDPOINT and DP_TEST_S3_BUCKET and pass --ignored"]
-async fn s3_conditional_create_list_and_ranges() {
-    let (Ok(endpoint), Ok(bucket)) = (
+/// An S3-compatible server for the test: the one named by `DP_TEST_S3_ENDPOINT` and
+/// `DP_TEST_S3_BUCKET`, or a `moto_server` (PyPI `moto[server]`, installed by
+/// `make test-tools`) started here on a free loopback port with a fresh bucket.
+struct S3Server {
+    endpoint: String,
+    bucket: String,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn s3_server() -> S3Server {
+    if let (Ok(endpoint), Ok(bucket)) = (
         std::env::var("DP_TEST_S3_ENDPOINT"),
         std::env::var("DP_TEST_S3_BUCKET"),
-    ) else {
-        panic!("DP_TEST_S3_ENDPOINT and DP_TEST_S3_BUCKET must name an S3 server and bucket");
+    ) {
+        return S3Server {
+            endpoint,
+            bucket,
+            child: None,
+        };
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 not found (moto runs under it): run `make test-tools`");
+    let server = S3Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        bucket: "dp-test".into(),
+        child: Some(child),
     };
+    // Create the bucket once the server answers (moto accepts unsigned requests).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        use std::io::{Read, Write};
+        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            write!(
+                s,
+                "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                server.bucket
+            )?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        });
+        match attempt {
+            Ok(reply) if reply.starts_with("HTTP/1.1 200") => return server,
+            _ if std::time::Instant::now() > deadline => {
+                panic!(
+                    "moto on port {port} did not create the bucket ({attempt:?}); is it installed? \
+                     run `make test-tools` (pip install 'moto[server]')"
+                )
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Against a real S3-compatible server (moto by default): conditional create, sorted
+/// listing, ranged reads, an 11 MiB multipart upload and deletes.
+#[tokio::test]
+async fn s3_conditional_create_list_and_ranges() {
+    let server = tokio::task::spawn_blocking(s3_server)
+        .await
+        .expect("s3 server");
+    let (endpoint, bucket) = (server.endpoint.clone(), server.bucket.clone());
     let opts = S3Options {
         endpoint: Some(endpoint),
         region: Some("us-east-1".into()),
