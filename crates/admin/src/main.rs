@@ -1,0 +1,304 @@
+//! `storage-admin`: the operator CLI. Every command is one call (or a few) of the
+//! scheduler's Admin API — the same methods grpcurl reaches through reflection. Human
+//! output by default, `--json` for scripts; exit codes scripts can use:
+//! 0 ok, 1 the scheduler refused (the status is printed), 2 usage, 3 scheduler unreachable.
+
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use proto::v1 as pb;
+use tonic::transport::{Channel, Endpoint};
+
+/// Operate a data-processor cluster.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Scheduler gRPC address (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "DP_SCHEDULER",
+        default_value = "127.0.0.1:50051"
+    )]
+    scheduler: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scheduler, workers and task counts.
+    ///
+    /// Example: `storage-admin status --service data-processor`
+    Status {
+        /// Accepted for compatibility; the status always covers every service.
+        #[arg(long, default_value = "data-processor")]
+        service: String,
+    },
+    /// Processor commands.
+    Processor {
+        #[command(subcommand)]
+        command: ProcessorCommand,
+    },
+    /// Tables: list, create, drop.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+    /// A table's levels and files.
+    ///
+    /// Example: `storage-admin manifest --table orders`
+    Manifest {
+        #[arg(long)]
+        table: String,
+    },
+    /// Tasks: list, show (with error history), cancel.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Queue a compaction now.
+    ///
+    /// Example: `storage-admin compact --force --table orders --level 0`
+    Compact {
+        /// Compact even when no trigger fires.
+        #[arg(long)]
+        force: bool,
+        /// Table (default: every table).
+        #[arg(long, default_value = "")]
+        table: String,
+        /// Level to compact into the next one (default: a full compaction).
+        #[arg(long)]
+        level: Option<u32>,
+    },
+    /// WAL commands.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProcessorCommand {
+    /// Queue depth per task type, running, waiting (with reasons) and failed tasks.
+    ///
+    /// Example: `storage-admin processor queue-status`
+    QueueStatus,
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// All tables.
+    List,
+    /// Create a table. Example: `storage-admin tables create orders`
+    Create { name: String },
+    /// Drop a table (its files become garbage for cleanup).
+    Drop { name: String },
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Tasks, newest last. Example: `storage-admin tasks list --state failed`
+    List {
+        #[arg(long, default_value = "")]
+        table: String,
+        /// pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One task with its attempts and error history.
+    Show { id: u64 },
+    /// Cancel a pending or running task.
+    Cancel { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// (Re)assign WAL replay. Example: `storage-admin wal replay --table orders`
+    Replay {
+        #[arg(long, default_value = "")]
+        table: String,
+        /// Replay from this sequence number instead of the checkpoint.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+/// A failure, with its exit code.
+struct Failure(u8, String);
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        if s.code() == tonic::Code::Unavailable {
+            Failure(3, format!("scheduler unreachable: {}", s.message()))
+        } else {
+            Failure(1, format!("{:?}: {}", s.code(), s.message()))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn connect(address: &str) -> Result<pb::admin_client::AdminClient<Channel>, Failure> {
+    let url = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| Failure(2, format!("--scheduler {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure(3, format!("scheduler unreachable at {address}: {e}")))?;
+    Ok(pb::admin_client::AdminClient::new(channel))
+}
+
+async fn run(cli: &Cli) -> Result<String, Failure> {
+    let mut admin = connect(&cli.scheduler).await?;
+    let json = cli.json;
+    Ok(match &cli.command {
+        Command::Status { .. } => {
+            let s = admin
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
+            output::status(&s, json)
+        }
+        Command::Processor {
+            command: ProcessorCommand::QueueStatus,
+        } => {
+            let q = admin
+                .get_queue_status(pb::GetQueueStatusRequest {})
+                .await?
+                .into_inner();
+            output::queue(&q, json)
+        }
+        Command::Tables { command } => match command {
+            TablesCommand::List => {
+                let t = admin
+                    .list_tables(pb::ListTablesRequest {})
+                    .await?
+                    .into_inner();
+                output::tables(&t.tables, json)
+            }
+            TablesCommand::Create { name } => {
+                let t = admin
+                    .create_table(pb::CreateTableRequest {
+                        name: name.clone(),
+                        columns: Vec::new(),
+                    })
+                    .await?
+                    .into_inner();
+                output::tables(&[t], json)
+            }
+            TablesCommand::Drop { name } => {
+                admin
+                    .drop_table(pb::DropTableRequest { name: name.clone() })
+                    .await?;
+                output::message(&format!("table {name} dropped"), json)
+            }
+        },
+        Command::Manifest { table } => {
+            let m = admin
+                .get_manifest(pb::GetManifestRequest {
+                    table: table.clone(),
+                })
+                .await?
+                .into_inner();
+            output::manifest(&m, json)
+        }
+        Command::Tasks { command } => match command {
+            TasksCommand::List { table, state } => {
+                let state = match state.as_deref() {
+                    None => 0,
+                    Some(s) => output::parse_state(s)
+                        .ok_or_else(|| Failure(2, format!("--state {s:?}: use pending, running, succeeded, failed or cancelled")))?
+                        as i32,
+                };
+                let t = admin
+                    .list_tasks(pb::ListTasksRequest {
+                        table: table.clone(),
+                        state,
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                output::tasks(&t.tasks, json)
+            }
+            TasksCommand::Show { id } => {
+                let t = admin
+                    .get_task(pb::GetTaskRequest { task_id: *id })
+                    .await?
+                    .into_inner();
+                output::task(&t, json)
+            }
+            TasksCommand::Cancel { id } => {
+                let t = admin
+                    .cancel_task(pb::CancelTaskRequest { task_id: *id })
+                    .await?
+                    .into_inner();
+                output::task(&t, json)
+            }
+        },
+        Command::Compact {
+            force,
+            table,
+            level,
+        } => {
+            let r = admin
+                .trigger_compaction(pb::TriggerCompactionRequest {
+                    table: table.clone(),
+                    level: *level,
+                    range: None,
+                    force: *force,
+                })
+                .await?
+                .into_inner();
+            output::trigger(&r, json)
+        }
+        Command::Wal {
+            command: WalCommand::Replay { table, from },
+        } => {
+            let r = admin
+                .trigger_wal_replay(pb::TriggerWalReplayRequest {
+                    table: table.clone(),
+                    from_seq: *from,
+                })
+                .await?
+                .into_inner();
+            output::trigger(&r, json)
+        }
+    })
+}

@@ -1,0 +1,246 @@
+//! Rendering of replies: a readable text form and a JSON form with stable field names
+//! (enums as their lowercase names, keys as UTF-8 where they are, hex otherwise).
+
+use proto::v1 as pb;
+use serde_json::{Value, json};
+
+fn render(text: String, value: Value, as_json: bool) -> String {
+    if as_json {
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+    } else {
+        text
+    }
+}
+
+fn key(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => s.to_owned(),
+        _ => format!(
+            "0x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    }
+}
+
+fn lower(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+pub fn worker_kind(k: i32) -> String {
+    pb::WorkerKind::try_from(k).map_or("unknown".into(), |k| lower(k.as_str_name(), "WORKER_KIND_"))
+}
+
+pub fn task_type(t: i32) -> String {
+    pb::TaskType::try_from(t).map_or("unknown".into(), |t| lower(t.as_str_name(), "TASK_TYPE_"))
+}
+
+pub fn task_state(s: i32) -> String {
+    pb::TaskState::try_from(s).map_or("unknown".into(), |s| lower(s.as_str_name(), "TASK_STATE_"))
+}
+
+pub fn parse_state(s: &str) -> Option<pb::TaskState> {
+    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_ascii_uppercase()))
+        .filter(|s| *s != pb::TaskState::Unspecified)
+}
+
+pub fn message(m: &str, as_json: bool) -> String {
+    render(m.to_owned(), json!({ "message": m }), as_json)
+}
+
+pub fn status(s: &pb::GetStatusResponse, as_json: bool) -> String {
+    let sched = s.scheduler.clone().unwrap_or_default();
+    let mut text = format!(
+        "scheduler {}  version {}  up {}s  tables {}  running {}  pending {}\nworkers:",
+        sched.advertised_address,
+        sched.version,
+        sched.uptime_seconds,
+        s.tables,
+        s.running_tasks,
+        s.pending_tasks
+    );
+    if s.workers.is_empty() {
+        text.push_str(" none");
+    }
+    let workers: Vec<Value> = s
+        .workers
+        .iter()
+        .map(|w| {
+            text.push_str(&format!(
+                "\n  {:<10} {:<22} id {:<4} slots {:<3} running {:<3} {} (heartbeat {} ms ago)",
+                worker_kind(w.kind),
+                w.address,
+                w.worker_id,
+                w.slots,
+                w.running,
+                if w.alive { "alive" } else { "DEAD" },
+                w.last_heartbeat_ms_ago
+            ));
+            json!({
+                "id": w.worker_id, "kind": worker_kind(w.kind), "address": w.address,
+                "slots": w.slots, "running": w.running, "alive": w.alive,
+                "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago, "version": w.version,
+            })
+        })
+        .collect();
+    let value = json!({
+        "scheduler": { "address": sched.advertised_address, "version": sched.version, "uptime_seconds": sched.uptime_seconds },
+        "tables": s.tables, "running_tasks": s.running_tasks, "pending_tasks": s.pending_tasks,
+        "workers": workers,
+    });
+    render(text, value, as_json)
+}
+
+pub fn queue(q: &pb::GetQueueStatusResponse, as_json: bool) -> String {
+    let mut text = format!(
+        "queue depth {} of {}\n{:<18} {:>8} {:>8} {:>8} {:>6}",
+        q.depth, q.capacity, "type", "pending", "running", "failed", "limit"
+    );
+    let types: Vec<Value> = q
+        .types
+        .iter()
+        .map(|t| {
+            text.push_str(&format!("\n{:<18} {:>8} {:>8} {:>8} {:>6}", task_type(t.r#type), t.pending, t.running, t.failed, t.limit));
+            json!({ "type": task_type(t.r#type), "pending": t.pending, "running": t.running, "failed": t.failed, "limit": t.limit })
+        })
+        .collect();
+    let waiting: Vec<Value> = q
+        .waiting
+        .iter()
+        .map(|t| {
+            text.push_str(&format!("\nwaiting: task {} {} {}: {}", t.task_id, task_type(t.r#type), t.table, t.waiting_reason));
+            json!({ "id": t.task_id, "type": task_type(t.r#type), "table": t.table, "reason": t.waiting_reason })
+        })
+        .collect();
+    render(
+        text,
+        json!({ "depth": q.depth, "capacity": q.capacity, "types": types, "waiting": waiting }),
+        as_json,
+    )
+}
+
+pub fn tables(ts: &[pb::TableInfo], as_json: bool) -> String {
+    let mut text = format!(
+        "{:<24} {:>12} {:>8}  replayer",
+        "table", "checkpoint", "version"
+    );
+    let rows: Vec<Value> = ts
+        .iter()
+        .map(|t| {
+            text.push_str(&format!("\n{:<24} {:>12} {:>8}  {}", t.name, t.checkpoint, t.manifest_version, t.replayer_address));
+            json!({ "name": t.name, "checkpoint": t.checkpoint, "manifest_version": t.manifest_version, "replayer": t.replayer_address })
+        })
+        .collect();
+    render(text, Value::Array(rows), as_json)
+}
+
+pub fn manifest(m: &pb::Manifest, as_json: bool) -> String {
+    let mut text = format!(
+        "table {}  version {}  checkpoint {}",
+        m.table, m.version, m.checkpoint
+    );
+    let levels: Vec<Value> = m
+        .levels
+        .iter()
+        .map(|l| {
+            let bytes: u64 = l.files.iter().map(|f| f.size_bytes).sum();
+            text.push_str(&format!("\nL{}: {} files, {} bytes", l.level, l.files.len(), bytes));
+            let files: Vec<Value> = l
+                .files
+                .iter()
+                .map(|f| {
+                    let locked = m.locked_file_ids.contains(&f.file_id);
+                    text.push_str(&format!(
+                        "\n  {:>8} {:>12} B  [{} .. {}]  seq {}..{}{}",
+                        f.file_id, f.size_bytes, key(&f.smallest_key), key(&f.largest_key), f.smallest_seq, f.largest_seq,
+                        if locked { "  (compacting)" } else { "" }
+                    ));
+                    json!({
+                        "id": f.file_id, "size": f.size_bytes, "smallest": key(&f.smallest_key), "largest": key(&f.largest_key),
+                        "smallest_seq": f.smallest_seq, "largest_seq": f.largest_seq, "entries": f.entry_count,
+                        "tombstones": f.tombstone_count, "locked": locked,
+                    })
+                })
+                .collect();
+            json!({ "level": l.level, "bytes": bytes, "files": files })
+        })
+        .collect();
+    render(
+        text,
+        json!({ "table": m.table, "version": m.version, "checkpoint": m.checkpoint, "levels": levels }),
+        as_json,
+    )
+}
+
+fn task_value(t: &pb::Task) -> Value {
+    json!({
+        "id": t.task_id, "type": task_type(t.r#type), "state": task_state(t.state), "table": t.table,
+        "attempt": t.attempt, "waiting_reason": t.waiting_reason, "priority": t.priority,
+        "attempts": t.attempts.iter().map(|a| json!({
+            "attempt": a.attempt, "worker_id": a.worker_id, "worker": a.worker_address,
+            "started_at_ms": a.started_at_unix_ms, "ended_at_ms": a.ended_at_unix_ms,
+        })).collect::<Vec<_>>(),
+        "errors": t.errors.iter().map(|e| json!({
+            "attempt": e.attempt, "message": e.message, "file": e.file, "offset": e.offset, "retriable": e.retriable,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn tasks(ts: &[pb::Task], as_json: bool) -> String {
+    let mut text = format!(
+        "{:>8} {:<18} {:<10} {:<16} {:>7}",
+        "id", "type", "state", "table", "attempt"
+    );
+    for t in ts {
+        text.push_str(&format!(
+            "\n{:>8} {:<18} {:<10} {:<16} {:>7}",
+            t.task_id,
+            task_type(t.r#type),
+            task_state(t.state),
+            t.table,
+            t.attempt
+        ));
+    }
+    render(
+        text,
+        Value::Array(ts.iter().map(task_value).collect()),
+        as_json,
+    )
+}
+
+pub fn task(t: &pb::Task, as_json: bool) -> String {
+    let mut text = format!(
+        "task {}  {}  {}  table {}  attempt {}",
+        t.task_id,
+        task_type(t.r#type),
+        task_state(t.state),
+        t.table,
+        t.attempt
+    );
+    if !t.waiting_reason.is_empty() {
+        text.push_str(&format!("\nwaiting: {}", t.waiting_reason));
+    }
+    for a in &t.attempts {
+        text.push_str(&format!(
+            "\nattempt {} on worker {} ({})",
+            a.attempt, a.worker_id, a.worker_address
+        ));
+    }
+    for e in &t.errors {
+        text.push_str(&format!("\nerror (attempt {}): {}", e.attempt, e.message));
+    }
+    render(text, task_value(t), as_json)
+}
+
+pub fn trigger(r: &pb::TriggerResponse, as_json: bool) -> String {
+    let ids: Vec<String> = r.task_ids.iter().map(u64::to_string).collect();
+    let text = if ids.is_empty() {
+        r.message.clone()
+    } else {
+        format!("{} (tasks {})", r.message, ids.join(", "))
+    };
+    render(
+        text,
+        json!({ "message": r.message, "task_ids": r.task_ids }),
+        as_json,
+    )
+}

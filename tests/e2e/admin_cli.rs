@@ -1,0 +1,164 @@
+//! `storage-admin`, the real binary, against a real scheduler process: every command in
+//! text and `--json`, and the one-line errors and exit codes scripts rely on.
+
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::process::Command;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use serde_json::Value;
+use tests::fake::{FakeWorker, file};
+use tests::{Ports, Proc, bin, service_env, wait_healthy};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn admin(addr: &str, args: &[&str]) -> Out {
+    let out = Command::new(bin("storage-admin"))
+        .arg("--scheduler")
+        .arg(addr)
+        .args(args)
+        .env_remove("DP_SCHEDULER")
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok_json(addr: &str, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let o = admin(addr, &a);
+    assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    serde_json::from_str(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", o.stdout))
+}
+
+fn ok_text(addr: &str, args: &[&str]) -> String {
+    let o = admin(addr, args);
+    assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    o.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    let proc = Proc::start(
+        "scheduler",
+        "scheduler",
+        dir.path(),
+        &[],
+        &service_env("scheduler", ports, dir.path()),
+    );
+    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
+    let addr = ports.grpc_addr();
+
+    assert!(ok_text(&addr, &["tables", "create", "t"]).contains('t'));
+    // Two flushed L0 files through a fake flusher, so the manifest and tasks have content.
+    let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &addr, 2).await;
+    let mut sched = pb::scheduler_client::SchedulerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    for (m, seq, lo, hi) in [(1u64, 10u64, b"a", b"m"), (2, 20, b"c", b"z")] {
+        sched
+            .request_flush(pb::RequestFlushRequest {
+                table: "t".into(),
+                memtable_id: m,
+                first_seq: seq - 9,
+                last_seq: seq,
+                size_bytes: 1,
+                replayer_address: "127.0.0.1:1".into(),
+            })
+            .await
+            .unwrap();
+        let d = w
+            .next_dispatch(Duration::from_secs(10))
+            .await
+            .expect("dispatched");
+        w.complete_flush(&d, vec![file(d.output_file_ids[0], lo, hi, seq)])
+            .await
+            .unwrap();
+    }
+    let _ = w.heartbeat(&[]).await;
+
+    tokio::task::block_in_place(|| {
+        let text = ok_text(&addr, &["status", "--service", "data-processor"]);
+        assert!(text.contains("flusher") && text.contains("alive"), "{text}");
+        let status = ok_json(&addr, &["status"]);
+        assert_eq!(status["workers"][0]["kind"], "flusher");
+        assert_eq!(status["tables"], 1);
+
+        let q = ok_json(&addr, &["processor", "queue-status"]);
+        assert_eq!(q["types"].as_array().unwrap().len(), 5);
+        assert!(ok_text(&addr, &["processor", "queue-status"]).contains("memtable_flush"));
+
+        assert_eq!(ok_json(&addr, &["tables", "create", "u"])[0]["name"], "u");
+        let names: Vec<String> = ok_json(&addr, &["tables", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["t", "u"]);
+        assert!(ok_text(&addr, &["tables", "drop", "u"]).contains("dropped"));
+
+        let m = ok_json(&addr, &["manifest", "--table", "t"]);
+        assert_eq!(m["checkpoint"], 20);
+        assert_eq!(m["levels"][0]["files"].as_array().unwrap().len(), 2);
+        assert!(ok_text(&addr, &["manifest", "--table", "t"]).contains("L0: 2 files"));
+
+        let tasks = ok_json(&addr, &["tasks", "list", "--state", "succeeded"]);
+        assert_eq!(tasks.as_array().unwrap().len(), 2);
+        let id = tasks[0]["id"].as_u64().unwrap().to_string();
+        assert_eq!(
+            ok_json(&addr, &["tasks", "show", &id])["state"],
+            "succeeded"
+        );
+        assert!(ok_text(&addr, &["tasks", "list"]).contains("memtable_flush"));
+
+        let c = ok_json(
+            &addr,
+            &["compact", "--force", "--table", "t", "--level", "0"],
+        );
+        let cid = c["task_ids"][0].as_u64().unwrap().to_string();
+        let m = ok_json(&addr, &["manifest", "--table", "t"]);
+        assert!(
+            m["levels"][0]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["locked"] == true)
+        );
+        assert_eq!(
+            ok_json(&addr, &["tasks", "cancel", &cid])["state"],
+            "cancelled"
+        );
+
+        let r = ok_json(&addr, &["wal", "replay", "--table", "t"]);
+        assert_eq!(r["task_ids"].as_array().unwrap().len(), 1);
+
+        // Errors: one line, an exit code that says which kind.
+        let e = admin(&addr, &["manifest", "--table", "nope"]);
+        assert_eq!(e.code, 1, "{}", e.stderr);
+        assert_eq!(e.stderr.trim().lines().count(), 1, "{}", e.stderr);
+        assert!(
+            e.stderr.contains("NotFound") && e.stderr.contains("nope"),
+            "{}",
+            e.stderr
+        );
+        let e = admin("127.0.0.1:1", &["status"]);
+        assert_eq!(e.code, 3, "{}", e.stderr);
+        assert_eq!(e.stderr.trim().lines().count(), 1, "{}", e.stderr);
+        assert!(e.stderr.contains("unreachable"), "{}", e.stderr);
+        let e = admin(&addr, &["tasks", "list", "--state", "sleeping"]);
+        assert_eq!(e.code, 2, "{}", e.stderr);
+    });
+}
