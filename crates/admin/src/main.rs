@@ -77,6 +77,23 @@ enum Command {
         #[arg(long)]
         level: Option<u32>,
     },
+    /// What-if: the compactions the pickers would create on the current manifest with a
+    /// proposed configuration, with estimates and skipped files. Dispatches nothing.
+    ///
+    /// Example: `storage-admin plan --table orders --strategy size_tiered --trigger-threshold 6`
+    Plan {
+        #[arg(long)]
+        table: String,
+        /// level_based or size_tiered (default: the configured one).
+        #[arg(long, default_value = "")]
+        strategy: String,
+        /// Proposed compaction.trigger_threshold (default: the configured one).
+        #[arg(long, default_value_t = 0)]
+        trigger_threshold: u32,
+        /// Proposed compaction.target_file_size in bytes (default: the configured one).
+        #[arg(long, default_value_t = 0)]
+        target_file_size: u64,
+    },
     /// WAL commands.
     Wal {
         #[command(subcommand)]
@@ -287,6 +304,23 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 .await?
                 .into_inner();
             output::trigger(&r, json)
+        }
+        Command::Plan {
+            table,
+            strategy,
+            trigger_threshold,
+            target_file_size,
+        } => {
+            let p = admin
+                .plan_compaction(pb::PlanCompactionRequest {
+                    table: table.clone(),
+                    strategy: strategy.clone(),
+                    trigger_threshold: *trigger_threshold,
+                    target_file_size: *target_file_size,
+                })
+                .await?
+                .into_inner();
+            output::plan(&p, json)
         }
         Command::Wal {
             command: WalCommand::Replay { table, from },

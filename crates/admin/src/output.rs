@@ -244,3 +244,51 @@ pub fn trigger(r: &pb::TriggerResponse, as_json: bool) -> String {
         as_json,
     )
 }
+
+pub fn plan(p: &pb::PlanCompactionResponse, as_json: bool) -> String {
+    let mut text = format!(
+        "{} compaction(s), estimated write amplification {:.2}",
+        p.compactions.len(),
+        p.estimated_write_amplification
+    );
+    let plans: Vec<Value> = p
+        .compactions
+        .iter()
+        .map(|c| {
+            let spec = c.spec.clone().unwrap_or_default();
+            let inputs: Vec<Value> = spec
+                .inputs
+                .iter()
+                .map(|l| json!({ "level": l.level, "files": l.files.iter().map(|f| f.file_id).collect::<Vec<_>>() }))
+                .collect();
+            let listed: Vec<String> = spec
+                .inputs
+                .iter()
+                .map(|l| format!("L{}: {:?}", l.level, l.files.iter().map(|f| f.file_id).collect::<Vec<_>>()))
+                .collect();
+            text.push_str(&format!(
+                "\n- {} -> L{}{}{}  [{}]  read {} B, write {} B",
+                spec.reason,
+                spec.output_level,
+                if spec.bottommost { " (bottommost)" } else { "" },
+                if spec.trivial_move { " (trivial move)" } else { "" },
+                listed.join("; "),
+                c.estimated_bytes_read,
+                c.estimated_bytes_written
+            ));
+            json!({
+                "reason": spec.reason, "inputs": inputs, "output_level": spec.output_level,
+                "bottommost": spec.bottommost, "trivial_move": spec.trivial_move,
+                "estimated_bytes_read": c.estimated_bytes_read, "estimated_bytes_written": c.estimated_bytes_written,
+            })
+        })
+        .collect();
+    for s in &p.skipped {
+        text.push_str(&format!("\nskipped: {s}"));
+    }
+    render(
+        text,
+        json!({ "compactions": plans, "estimated_write_amplification": p.estimated_write_amplification, "skipped": p.skipped }),
+        as_json,
+    )
+}

@@ -85,8 +85,15 @@ pub fn core_config(cfg: &Config) -> CoreConfig {
 
 /// The picker strategy from the service config.
 pub fn strategy(cfg: &Config) -> Strategy {
-    let c = &cfg.compaction;
-    match c.strategy {
+    strategy_with(cfg.compaction.strategy, &cfg.compaction)
+}
+
+/// The picker strategy of `kind` with the knobs of `c` (the what-if plan overrides some).
+pub fn strategy_with(
+    kind: runtime::config::Strategy,
+    c: &runtime::config::CompactionConfig,
+) -> Strategy {
+    match kind {
         runtime::config::Strategy::LevelBased => Strategy::LevelBased(LevelConfig {
             trigger_threshold: c.trigger_threshold,
             max_bytes_for_level_base: c.level_based.max_bytes_for_level_base.as_u64(),
@@ -980,6 +987,88 @@ impl pb::admin_server::Admin for AdminApi {
             .await
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("table {table:?} not found")))
+    }
+
+    async fn plan_compaction(
+        &self,
+        request: Request<pb::PlanCompactionRequest>,
+    ) -> Result<Response<pb::PlanCompactionResponse>, Status> {
+        let req = request.into_inner();
+        let mut knobs = self.0.config.compaction.clone();
+        let kind = match req.strategy.as_str() {
+            "" => knobs.strategy,
+            "level_based" => runtime::config::Strategy::LevelBased,
+            "size_tiered" => runtime::config::Strategy::SizeTiered,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "strategy: unknown strategy {other:?} (use level_based or size_tiered)"
+                )));
+            }
+        };
+        if req.trigger_threshold == 1 {
+            return Err(Status::invalid_argument(
+                "trigger_threshold: must be at least 2",
+            ));
+        }
+        if req.trigger_threshold > 0 {
+            knobs.trigger_threshold = req.trigger_threshold;
+        }
+        if req.target_file_size > 0 {
+            knobs.target_file_size = runtime::config::ByteSize(req.target_file_size);
+        }
+        let strategy = strategy_with(kind, &knobs);
+        let plan = self
+            .0
+            .read(|c, _| {
+                let m = c.manifest(&req.table)?;
+                let locked: std::collections::BTreeSet<u64> =
+                    c.locked_files().keys().copied().collect();
+                Some(lsm::compaction::pick(
+                    &strategy,
+                    &lsm::compaction::PickerInput {
+                        version: &m.levels,
+                        locked: &locked,
+                    },
+                ))
+            })
+            .await
+            .ok_or_else(|| Status::not_found(format!("table {:?} not found", req.table)))?;
+        let (mut read, mut written) = (0u64, 0u64);
+        let compactions = plan
+            .plans
+            .iter()
+            .map(|p| {
+                read += p.estimated_read_bytes;
+                written += p.estimated_write_bytes;
+                let spec = TaskSpec::Compaction {
+                    table: req.table.clone(),
+                    inputs: p.inputs.clone(),
+                    output_level: p.output_level,
+                    bottommost: p.bottommost,
+                    target_file_size: p.target_file_size,
+                    trivial_move: p.trivial_move,
+                    reason: p.reason.clone(),
+                };
+                let compaction = match convert::spec_to_pb(&spec, &[]).spec {
+                    Some(pb::task_spec::Spec::Compaction(c)) => Some(c),
+                    _ => None,
+                };
+                pb::PlannedCompaction {
+                    spec: compaction,
+                    estimated_bytes_read: p.estimated_read_bytes,
+                    estimated_bytes_written: p.estimated_write_bytes,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PlanCompactionResponse {
+            compactions,
+            estimated_write_amplification: if read == 0 {
+                0.0
+            } else {
+                written as f64 / read as f64
+            },
+            skipped: plan.skipped,
+        }))
     }
 
     async fn get_table_stats(
