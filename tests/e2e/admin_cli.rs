@@ -96,6 +96,25 @@ async fn every_command_in_text_and_json() {
         assert_eq!(status["workers"][0]["kind"], "flusher");
         assert_eq!(status["tables"], 1);
 
+        let http = format!("127.0.0.1:{}", ports.http);
+        let text = ok_text(
+            &addr,
+            &["metrics", "--service", "scheduler", "--http", &http],
+        );
+        assert!(text.contains("processor_tasks_total"), "{text}");
+        let mj = ok_json(
+            &addr,
+            &["metrics", "--service", "scheduler", "--http", &http],
+        );
+        let keys: Vec<&String> = mj["metrics"].as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().any(|k| k.starts_with("processor_queue_depth")),
+            "{keys:?}"
+        );
+        assert!(!keys.iter().any(|k| k.contains("_bucket")), "{keys:?}");
+        let e = admin(&addr, &["metrics", "--service", "nosuch"]);
+        assert_eq!(e.code, 2, "{}", e.stderr);
+
         let q = ok_json(&addr, &["processor", "queue-status"]);
         assert_eq!(q["types"].as_array().unwrap().len(), 5);
         assert!(ok_text(&addr, &["processor", "queue-status"]).contains("memtable_flush"));

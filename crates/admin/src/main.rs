@@ -41,6 +41,18 @@ enum Command {
         #[arg(long, default_value = "data-processor")]
         service: String,
     },
+    /// A service's key metrics, readable (from its HTTP /metrics).
+    ///
+    /// Example: `storage-admin metrics --service scheduler` (or `--http host:8084`)
+    Metrics {
+        /// scheduler, replayer, flusher or compactor: picks the default HTTP port.
+        #[arg(long, default_value = "scheduler")]
+        service: String,
+        /// The service's HTTP address (default: the scheduler's host and the service's
+        /// default port).
+        #[arg(long)]
+        http: Option<String>,
+    },
     /// Processor commands.
     Processor {
         #[command(subcommand)]
@@ -184,6 +196,64 @@ fn main() -> ExitCode {
     }
 }
 
+async fn metrics(cli: &Cli, service: &str, http: Option<&str>) -> Result<String, Failure> {
+    let address = match http {
+        Some(a) => a.to_owned(),
+        None => {
+            let port = match service {
+                "scheduler" => 8082,
+                "replayer" => 8083,
+                "flusher" => 8084,
+                "compactor" => 8085,
+                other => {
+                    return Err(Failure(
+                        2,
+                        format!(
+                            "--service {other:?}: use scheduler, replayer, flusher or compactor"
+                        ),
+                    ));
+                }
+            };
+            let host = cli
+                .scheduler
+                .rsplit_once(':')
+                .map_or("127.0.0.1", |(h, _)| h);
+            format!("{host}:{port}")
+        }
+    };
+    let body = fetch_metrics(&address).await.map_err(|e| {
+        Failure(
+            3,
+            format!("{service} metrics at {address} unreachable: {e}"),
+        )
+    })?;
+    Ok(output::metrics(service, &body, cli.json))
+}
+
+/// GET /metrics over plain HTTP/1.0 (the services' HTTP port).
+async fn fetch_metrics(address: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out"))??;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((buf.as_str(), ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("no status").to_owned(),
+        ));
+    }
+    Ok(body.to_owned())
+}
+
 async fn connect(address: &str) -> Result<pb::admin_client::AdminClient<Channel>, Failure> {
     let url = if address.contains("://") {
         address.to_owned()
@@ -202,11 +272,12 @@ async fn connect(address: &str) -> Result<pb::admin_client::AdminClient<Channel>
 }
 
 async fn run(cli: &Cli) -> Result<String, Failure> {
-    let mut admin = connect(&cli.scheduler).await?;
     let json = cli.json;
     Ok(match &cli.command {
+        Command::Metrics { service, http } => metrics(cli, service, http.as_deref()).await?,
         Command::Status { .. } => {
-            let s = admin
+            let s = connect(&cli.scheduler)
+                .await?
                 .get_status(pb::GetStatusRequest {})
                 .await?
                 .into_inner();
@@ -215,7 +286,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
         Command::Processor {
             command: ProcessorCommand::QueueStatus,
         } => {
-            let q = admin
+            let q = connect(&cli.scheduler)
+                .await?
                 .get_queue_status(pb::GetQueueStatusRequest {})
                 .await?
                 .into_inner();
@@ -223,14 +295,16 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
         }
         Command::Tables { command } => match command {
             TablesCommand::List => {
-                let t = admin
+                let t = connect(&cli.scheduler)
+                    .await?
                     .list_tables(pb::ListTablesRequest {})
                     .await?
                     .into_inner();
                 output::tables(&t.tables, json)
             }
             TablesCommand::Create { name } => {
-                let t = admin
+                let t = connect(&cli.scheduler)
+                    .await?
                     .create_table(pb::CreateTableRequest {
                         name: name.clone(),
                         columns: Vec::new(),
@@ -240,14 +314,16 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 output::tables(&[t], json)
             }
             TablesCommand::Drop { name } => {
-                admin
+                connect(&cli.scheduler)
+                    .await?
                     .drop_table(pb::DropTableRequest { name: name.clone() })
                     .await?;
                 output::message(&format!("table {name} dropped"), json)
             }
         },
         Command::Manifest { table } => {
-            let m = admin
+            let m = connect(&cli.scheduler)
+                .await?
                 .get_manifest(pb::GetManifestRequest {
                     table: table.clone(),
                 })
@@ -263,7 +339,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                         .ok_or_else(|| Failure(2, format!("--state {s:?}: use pending, running, succeeded, failed or cancelled")))?
                         as i32,
                 };
-                let t = admin
+                let t = connect(&cli.scheduler)
+                    .await?
                     .list_tasks(pb::ListTasksRequest {
                         table: table.clone(),
                         state,
@@ -275,14 +352,16 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 output::tasks(&t.tasks, json)
             }
             TasksCommand::Show { id } => {
-                let t = admin
+                let t = connect(&cli.scheduler)
+                    .await?
                     .get_task(pb::GetTaskRequest { task_id: *id })
                     .await?
                     .into_inner();
                 output::task(&t, json)
             }
             TasksCommand::Cancel { id } => {
-                let t = admin
+                let t = connect(&cli.scheduler)
+                    .await?
                     .cancel_task(pb::CancelTaskRequest { task_id: *id })
                     .await?
                     .into_inner();
@@ -294,7 +373,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
             table,
             level,
         } => {
-            let r = admin
+            let r = connect(&cli.scheduler)
+                .await?
                 .trigger_compaction(pb::TriggerCompactionRequest {
                     table: table.clone(),
                     level: *level,
@@ -311,7 +391,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
             trigger_threshold,
             target_file_size,
         } => {
-            let p = admin
+            let p = connect(&cli.scheduler)
+                .await?
                 .plan_compaction(pb::PlanCompactionRequest {
                     table: table.clone(),
                     strategy: strategy.clone(),
@@ -325,7 +406,8 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
         Command::Wal {
             command: WalCommand::Replay { table, from },
         } => {
-            let r = admin
+            let r = connect(&cli.scheduler)
+                .await?
                 .trigger_wal_replay(pb::TriggerWalReplayRequest {
                     table: table.clone(),
                     from_seq: *from,

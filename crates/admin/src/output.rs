@@ -292,3 +292,31 @@ pub fn plan(p: &pb::PlanCompactionResponse, as_json: bool) -> String {
         as_json,
     )
 }
+
+/// The key series of a Prometheus text page: ours (processor_*, wal_*, memtable_*,
+/// compaction_*), without HELP/TYPE lines or histogram buckets.
+pub fn metrics(service: &str, body: &str, as_json: bool) -> String {
+    let ours = |name: &str| {
+        ["processor_", "wal_", "memtable_", "compaction_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            && !name.contains("_bucket")
+    };
+    let mut text = format!("{service} metrics:");
+    let mut map = serde_json::Map::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if !ours(series) {
+            continue;
+        }
+        text.push_str(&format!("\n  {series:<90} {value}"));
+        let v = value
+            .parse::<f64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(value));
+        map.insert(series.to_owned(), v);
+    }
+    render(text, json!({ "service": service, "metrics": map }), as_json)
+}
