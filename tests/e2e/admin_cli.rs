@@ -95,6 +95,14 @@ async fn every_command_in_text_and_json() {
         let status = ok_json(&addr, &["status"]);
         assert_eq!(status["workers"][0]["kind"], "flusher");
         assert_eq!(status["tables"], 1);
+        // Two flushes and no compactor: L0 grows, and the forecast says when it would stall.
+        let f = &status["forecast"][0];
+        assert_eq!(f["table"], "t");
+        assert_eq!(f["l0_files"], 2);
+        assert!(f["l0_growth_files_per_sec"].as_f64().unwrap() > 0.0, "{f}");
+        let stall = f["seconds_to_stall"].as_f64().unwrap();
+        assert!(stall > 0.0 && stall < 36.0 * 60.0, "{f}");
+        assert!(text.contains("stall in"), "{text}");
 
         let http = format!("127.0.0.1:{}", ports.http);
         let text = ok_text(

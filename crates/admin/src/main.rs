@@ -276,12 +276,18 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
     Ok(match &cli.command {
         Command::Metrics { service, http } => metrics(cli, service, http.as_deref()).await?,
         Command::Status { .. } => {
-            let s = connect(&cli.scheduler)
-                .await?
+            let mut admin = connect(&cli.scheduler).await?;
+            let s = admin
                 .get_status(pb::GetStatusRequest {})
                 .await?
                 .into_inner();
-            output::status(&s, json)
+            let f = admin
+                .get_stall_forecast(pb::GetStallForecastRequest {
+                    table: String::new(),
+                })
+                .await?
+                .into_inner();
+            output::status(&s, &f.tables, json)
         }
         Command::Processor {
             command: ProcessorCommand::QueueStatus,

@@ -47,7 +47,7 @@ pub fn message(m: &str, as_json: bool) -> String {
     render(m.to_owned(), json!({ "message": m }), as_json)
 }
 
-pub fn status(s: &pb::GetStatusResponse, as_json: bool) -> String {
+pub fn status(s: &pb::GetStatusResponse, forecasts: &[pb::StallForecast], as_json: bool) -> String {
     let sched = s.scheduler.clone().unwrap_or_default();
     let mut text = format!(
         "scheduler {}  version {}  up {}s  tables {}  running {}  pending {}\nworkers:",
@@ -82,10 +82,33 @@ pub fn status(s: &pb::GetStatusResponse, as_json: bool) -> String {
             })
         })
         .collect();
+    text.push_str("\ntables:");
+    if forecasts.is_empty() {
+        text.push_str(" none");
+    }
+    let forecast: Vec<Value> = forecasts
+        .iter()
+        .map(|f| {
+            let stall = if f.seconds_to_stall < 0.0 {
+                "no stall ahead".to_owned()
+            } else {
+                format!("stall in {:.0} s", f.seconds_to_stall)
+            };
+            text.push_str(&format!(
+                "\n  {:<20} L0 {}/{} files ({:+.2}/s), {stall}; compaction debt {} B, draining {:.0} B/s",
+                f.table, f.l0_files, f.l0_stop_threshold, f.l0_growth_files_per_sec, f.debt_bytes, f.drain_bytes_per_sec
+            ));
+            json!({
+                "table": f.table, "l0_files": f.l0_files, "l0_stop_threshold": f.l0_stop_threshold,
+                "l0_growth_files_per_sec": f.l0_growth_files_per_sec, "seconds_to_stall": f.seconds_to_stall,
+                "debt_bytes": f.debt_bytes, "drain_bytes_per_sec": f.drain_bytes_per_sec,
+            })
+        })
+        .collect();
     let value = json!({
         "scheduler": { "address": sched.advertised_address, "version": sched.version, "uptime_seconds": sched.uptime_seconds },
         "tables": s.tables, "running_tasks": s.running_tasks, "pending_tasks": s.pending_tasks,
-        "workers": workers,
+        "workers": workers, "forecast": forecast,
     });
     render(text, value, as_json)
 }

@@ -167,6 +167,8 @@ pub struct Core {
     pending_cancels: BTreeMap<u64, Vec<(u64, u32)>>,
     /// Attempts ended by the two timers since start: (lease expired, stuck).
     timer_expiries: (u64, u64),
+    /// L0 and compaction samples for the stall forecast.
+    forecast: crate::forecast::Tracker,
     dirty: Dirty,
 }
 
@@ -216,6 +218,7 @@ impl Core {
             progress: HashMap::new(),
             pending_cancels: BTreeMap::new(),
             timer_expiries: (0, 0),
+            forecast: crate::forecast::Tracker::default(),
             dirty: Dirty::default(),
         };
         for (id, record) in snap.workers {
@@ -264,6 +267,21 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// Compaction debt and stall forecast of `table`.
+    pub fn forecast(
+        &self,
+        table: &str,
+        config: &lsm::compaction::LevelConfig,
+        l0_stop_threshold: u32,
+        now_ms: i64,
+    ) -> Option<crate::forecast::Forecast> {
+        let m = self.manifests.get(table)?;
+        Some(
+            self.forecast
+                .forecast(table, &m.levels, config, l0_stop_threshold, now_ms),
+        )
     }
 
     /// Attempts ended since start because their worker stopped heartbeating, and because
@@ -374,6 +392,7 @@ impl Core {
         }
         self.manifests.remove(name);
         self.stats.remove(name);
+        self.forecast.forget(name);
         let ids: Vec<u64> = self
             .tasks
             .values()
@@ -1058,6 +1077,15 @@ impl Core {
                         _ => manifest.checkpoint,
                     };
                     let version = manifest.version + 1;
+                    let l0 = next.levels.first().map_or(0, |l| l.len()) as u32;
+                    self.forecast.record_l0(&table, l0, now_ms);
+                    if let TaskSpec::Compaction { inputs, .. } = &spec {
+                        let bytes = inputs
+                            .iter()
+                            .flat_map(|(_, f)| f.iter().map(|f| f.size))
+                            .sum();
+                        self.forecast.record_compaction(&table, bytes, now_ms);
+                    }
                     self.manifests.insert(
                         table.clone(),
                         ManifestRecord {
@@ -1122,6 +1150,8 @@ impl Core {
                     // (a file moved meanwhile) is simply skipped until the next pick.
                     if let Ok(next) = m.levels.apply(&plan.move_edit()) {
                         moved += plan.input_ids().len();
+                        let l0 = next.levels.first().map_or(0, |l| l.len()) as u32;
+                        self.forecast.record_l0(&table, l0, now_ms);
                         let rec = ManifestRecord {
                             table: table.clone(),
                             version: m.version + 1,

@@ -11,6 +11,7 @@
 
 mod convert;
 pub mod core;
+pub mod forecast;
 pub mod manual;
 mod service;
 
@@ -28,6 +29,15 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     metrics::describe_counter!(
         service::LEASE_EXPIRIES,
         "Attempts ended by the scheduler's timers, by reason (no_heartbeat, stuck)."
+    );
+    metrics::describe_gauge!(
+        service::STALL_FORECAST,
+        "Seconds until L0 reaches compaction.l0_stop_threshold at its current growth, by table (negative: not approaching)."
+    );
+    metrics::describe_gauge!(
+        service::COMPACTION_DEBT,
+        metrics::Unit::Bytes,
+        "Bytes compaction still owes, by table."
     );
     metrics::describe_counter!(
         service::STALE_COMMITS_REFUSED,

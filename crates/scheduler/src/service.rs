@@ -32,6 +32,12 @@ pub const LEASE_EXPIRIES: &str = "processor_lease_expiries_total";
 /// Completions refused because the attempt was stale or its inputs were gone.
 pub const STALE_COMMITS_REFUSED: &str = "processor_stale_commits_refused_total";
 
+/// Seconds until L0 reaches `compaction.l0_stop_threshold` at its current growth, by
+/// table (negative: not approaching).
+pub const STALL_FORECAST: &str = "processor_stall_forecast_seconds";
+/// Bytes compaction still owes, by table.
+pub const COMPACTION_DEBT: &str = "processor_compaction_debt_bytes";
+
 /// Wall-clock milliseconds: the only clock read of the scheduler, passed into the core.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -385,6 +391,25 @@ impl SchedulerState {
         }
     }
 
+    /// Forecasts of one table (or all, for an empty name).
+    pub async fn forecasts(&self, table: &str) -> Vec<crate::forecast::Forecast> {
+        let level = match &self.strategy {
+            Strategy::LevelBased(c) => c.clone(),
+            Strategy::SizeTiered(c) => LevelConfig {
+                trigger_threshold: c.min_threshold,
+                ..LevelConfig::default()
+            },
+        };
+        let stop = self.config.compaction.l0_stop_threshold;
+        self.read(|c, now| {
+            c.tables()
+                .filter(|t| table.is_empty() || t.name == table)
+                .filter_map(|t| c.forecast(&t.name, &level, stop, now))
+                .collect()
+        })
+        .await
+    }
+
     async fn requeue(&self, d: &Dispatch, reason: String) {
         tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
         self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now))
@@ -396,6 +421,10 @@ impl SchedulerState {
         let (counts, (expired, stuck)) = self.read(|c, _| (c.counts(), c.timer_expiries())).await;
         metrics::counter!(LEASE_EXPIRIES, "reason" => "no_heartbeat").absolute(expired);
         metrics::counter!(LEASE_EXPIRIES, "reason" => "stuck").absolute(stuck);
+        for f in self.forecasts("").await {
+            metrics::gauge!(STALL_FORECAST, "table" => f.table.clone()).set(f.seconds_to_stall);
+            metrics::gauge!(COMPACTION_DEBT, "table" => f.table).set(f.debt_bytes as f64);
+        }
         for (kind, c) in counts {
             metrics::gauge!(runtime::metrics::QUEUE_DEPTH, "type" => kind.label(), "service" => "scheduler")
                 .set(c.pending as f64);
@@ -987,6 +1016,31 @@ impl pb::admin_server::Admin for AdminApi {
             .await
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("table {table:?} not found")))
+    }
+
+    async fn get_stall_forecast(
+        &self,
+        request: Request<pb::GetStallForecastRequest>,
+    ) -> Result<Response<pb::GetStallForecastResponse>, Status> {
+        let table = request.into_inner().table;
+        let tables = self.0.forecasts(&table).await;
+        if tables.is_empty() && !table.is_empty() {
+            return Err(Status::not_found(format!("table {table:?} not found")));
+        }
+        Ok(Response::new(pb::GetStallForecastResponse {
+            tables: tables
+                .into_iter()
+                .map(|f| pb::StallForecast {
+                    table: f.table,
+                    debt_bytes: f.debt_bytes,
+                    drain_bytes_per_sec: f.drain_bytes_per_sec,
+                    l0_growth_files_per_sec: f.l0_growth_files_per_sec,
+                    l0_files: f.l0_files,
+                    l0_stop_threshold: f.l0_stop_threshold,
+                    seconds_to_stall: f.seconds_to_stall,
+                })
+                .collect(),
+        }))
     }
 
     async fn plan_compaction(
