@@ -49,6 +49,8 @@ COMPOSE_PROFILES=s3 docker-compose -f docker-compose.yml config -q
 
 step "promtool check config deploy/prometheus/prometheus.yml"
 promtool check config deploy/prometheus/prometheus.yml
+step "promtool check rules deploy/prometheus/alerts.yml"
+promtool check rules deploy/prometheus/alerts.yml
 
 render() { # name, helm args...
   local name="$1"; shift

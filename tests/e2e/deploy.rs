@@ -837,6 +837,11 @@ fn grafana_dashboard_uses_our_metric_names() {
         MEMTABLE_FLUSH_RATE,
         COMPACTION_RATE,
         TASK_DURATION,
+        // The scheduler's own series (crates/scheduler/src/service.rs).
+        "processor_stall_forecast_seconds",
+        "processor_compaction_debt_bytes",
+        "processor_lease_expiries_total",
+        "processor_stale_commits_refused_total",
     ];
     for name in &known[..7] {
         assert!(
@@ -856,6 +861,15 @@ fn grafana_dashboard_uses_our_metric_names() {
                     known.contains(&base),
                     "dashboard query uses unknown metric {word}: {e}"
                 );
+            }
+        }
+    }
+    // The alert rules name only exported series too.
+    let alerts = read("deploy/prometheus/alerts.yml");
+    for line in alerts.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+        for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("processor_") {
+                assert!(known.contains(&word), "alert rule uses unknown metric {word}: {line}");
             }
         }
     }
