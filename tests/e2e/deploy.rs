@@ -866,10 +866,16 @@ fn grafana_dashboard_uses_our_metric_names() {
     }
     // The alert rules name only exported series too.
     let alerts = read("deploy/prometheus/alerts.yml");
-    for line in alerts.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+    for line in alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+    {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("processor_") {
-                assert!(known.contains(&word), "alert rule uses unknown metric {word}: {line}");
+                assert!(
+                    known.contains(&word),
+                    "alert rule uses unknown metric {word}: {line}"
+                );
             }
         }
     }
