@@ -70,6 +70,9 @@ test-tools:
 	@command -v promtool >/dev/null || { \
 	  echo "installing prometheus (promtool)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (headless, for the LSM page test)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 	@python3 -c "import moto.server" 2>/dev/null || { \
 	  echo "installing moto (an S3-compatible server for the storage tests)"; \
 	  python3 -m pip install -q 'moto[server]'; }

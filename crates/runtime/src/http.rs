@@ -25,12 +25,31 @@ impl Readiness {
     }
 }
 
+/// Routes a service adds to its HTTP port once it runs (the scheduler's LSM page); requests
+/// that match no standard route go there.
+#[derive(Clone, Default)]
+pub struct ExtraRoutes(Arc<std::sync::RwLock<Option<Router>>>);
+
+impl ExtraRoutes {
+    /// Installs the service's routes.
+    pub fn set(&self, router: Router) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(router);
+        }
+    }
+
+    fn get(&self) -> Option<Router> {
+        self.0.read().ok().and_then(|r| r.clone())
+    }
+}
+
 /// Serves the HTTP port until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     service: &'static str,
     readiness: Readiness,
     metrics: PrometheusHandle,
+    extra: ExtraRoutes,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -60,6 +79,21 @@ pub async fn serve(
                 }
             }),
         );
+    let app = app.fallback(move |req: axum::extract::Request| {
+        let extra = extra.get();
+        async move {
+            match extra {
+                Some(router) => {
+                    use tower::ServiceExt;
+                    match router.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                }
+                None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+            }
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

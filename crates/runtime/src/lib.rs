@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, ServiceKind};
-pub use http::Readiness;
+pub use http::{ExtraRoutes, Readiness};
 
 /// Exit code for a configuration error (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -44,6 +44,8 @@ pub struct ServiceContext {
     pub scheduler_endpoint: String,
     /// Flip to true once dependencies are reachable.
     pub readiness: Readiness,
+    /// Extra routes the service serves on its HTTP port.
+    pub http_routes: ExtraRoutes,
     pub metrics: PrometheusHandle,
     pub shutdown: CancellationToken,
     pub started_at: Instant,
@@ -66,6 +68,7 @@ impl ServiceContext {
             advertised_address,
             scheduler_endpoint: scheduler_endpoint.to_owned(),
             readiness: Readiness::default(),
+            http_routes: ExtraRoutes::default(),
             metrics: metrics::install(),
             shutdown: CancellationToken::new(),
             started_at: Instant::now(),
@@ -230,6 +233,7 @@ pub async fn run_until_signal(
     let mut services = tokio::task::JoinSet::new();
     for (kind, run, grpc_listener, http_listener, advertised) in bound {
         let readiness = Readiness::default();
+        let http_routes = ExtraRoutes::default();
         metrics::register_standard_series(kind.name());
         tracing::info!(
             service = kind.name(),
@@ -239,9 +243,9 @@ pub async fn run_until_signal(
             "{process_name}: starting {kind}"
         );
         let http_shutdown = shutdown.clone();
-        let (h, r) = (handle.clone(), readiness.clone());
+        let (h, r, x) = (handle.clone(), readiness.clone(), http_routes.clone());
         tasks.spawn(async move {
-            if let Err(e) = http::serve(http_listener, kind.name(), r, h, http_shutdown).await {
+            if let Err(e) = http::serve(http_listener, kind.name(), r, h, x, http_shutdown).await {
                 tracing::error!(service = kind.name(), "HTTP server failed: {e}");
             }
         });
@@ -252,6 +256,7 @@ pub async fn run_until_signal(
             advertised_address: advertised,
             scheduler_endpoint: scheduler_endpoint.clone(),
             readiness,
+            http_routes,
             metrics: handle.clone(),
             shutdown: shutdown.clone(),
             started_at: Instant::now(),

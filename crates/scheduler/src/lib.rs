@@ -13,6 +13,7 @@ mod convert;
 pub mod core;
 pub mod forecast;
 pub mod manual;
+pub mod page;
 mod service;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     }
     metrics::counter!(service::STALE_COMMITS_REFUSED).absolute(0);
     let state = Arc::new(SchedulerState::open(&ctx)?);
+    ctx.http_routes.set(page::router(state.clone()));
     let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
     health
