@@ -962,7 +962,7 @@ impl Core {
 
     /// The worker refused a dispatch (busy) or could not be reached: the attempt ends
     /// without counting as a failure and the task goes back to the queue.
-    pub fn dispatch_refused(&mut self, task_id: u64, attempt: u32, reason: &str, now_ms: i64) {
+    pub fn dispatch_refused(&mut self, task_id: u64, attempt: u32, now_ms: i64) {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -979,7 +979,6 @@ impl Core {
         }
         task.state = TaskState::Pending;
         task.not_before_ms = now_ms + self.cfg.backoff_base_ms.min(1000) / 4;
-        let _ = reason; // logged by the caller, with its context
         self.dirty.tasks.insert(task_id);
         self.progress.remove(&(task_id, attempt));
         for w in self.workers.values_mut() {

@@ -412,7 +412,7 @@ impl SchedulerState {
 
     async fn requeue(&self, d: &Dispatch, reason: String) {
         tracing::warn!(reason = %reason, "dispatch refused; task goes back to the queue");
-        self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, &reason, now))
+        self.mutate(|c, now| c.dispatch_refused(d.task_id, d.attempt, now))
             .await;
         self.wake.notify_one();
     }
