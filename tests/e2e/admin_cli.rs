@@ -4,12 +4,12 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::process::Command;
-use std::time::Duration;
 
 use proto::v1 as pb;
 use serde_json::Value;
-use tests::fake::{FakeWorker, file};
-use tests::{Ports, Proc, bin, service_env, wait_healthy};
+use tests::bin;
+use tests::cluster::Sched;
+use tests::fake::FakeWorker;
 
 struct Out {
     code: i32,
@@ -50,43 +50,19 @@ fn ok_text(addr: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_in_text_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::free();
-    let proc = Proc::start(
-        "scheduler",
-        "scheduler",
-        dir.path(),
-        &[],
-        &service_env("scheduler", ports, dir.path()),
-    );
-    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
+    let mut s = Sched::start(dir.path(), &[], None).await;
+    let ports = s.ports;
     let addr = ports.grpc_addr();
 
     assert!(ok_text(&addr, &["tables", "create", "t"]).contains('t'));
     // Two flushed L0 files through a fake flusher, so the manifest and tasks have content.
     let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &addr, 2).await;
-    let mut sched = pb::scheduler_client::SchedulerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    for (m, seq, lo, hi) in [(1u64, 10u64, b"a", b"m"), (2, 20, b"c", b"z")] {
-        sched
-            .request_flush(pb::RequestFlushRequest {
-                table: "t".into(),
-                memtable_id: m,
-                first_seq: seq - 9,
-                last_seq: seq,
-                size_bytes: 1,
-                replayer_address: "127.0.0.1:1".into(),
-            })
-            .await
-            .unwrap();
-        let d = w
-            .next_dispatch(Duration::from_secs(10))
-            .await
-            .expect("dispatched");
-        w.complete_flush(&d, vec![file(d.output_file_ids[0], lo, hi, seq)])
-            .await
-            .unwrap();
-    }
+    s.flush_through(
+        &mut w,
+        "t",
+        &[(1, 10, b"a", b"m", 4096), (2, 20, b"c", b"z", 4096)],
+    )
+    .await;
     let _ = w.heartbeat(&[]).await;
 
     tokio::task::block_in_place(|| {

@@ -4,7 +4,7 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use proto::v1 as pb;
-use tests::{Ports, Proc, service_env, wait_healthy};
+use tests::cluster::Sched;
 use tonic::Code;
 
 fn check<T: std::fmt::Debug>(
@@ -29,29 +29,9 @@ fn check<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::free();
-    let proc = Proc::start(
-        "scheduler",
-        "scheduler",
-        dir.path(),
-        &[],
-        &service_env("scheduler", ports, dir.path()),
-    );
-    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
-    let url = format!("http://{}", ports.grpc_addr());
-    let mut admin = pb::admin_client::AdminClient::connect(url.clone())
-        .await
-        .unwrap();
-    let mut api = pb::scheduler_client::SchedulerClient::connect(url)
-        .await
-        .unwrap();
-    admin
-        .create_table(pb::CreateTableRequest {
-            name: "t".into(),
-            columns: vec![],
-        })
-        .await
-        .unwrap();
+    let mut s = Sched::start(dir.path(), &[], None).await;
+    s.create_table("t").await;
+    let (mut admin, mut api) = (s.admin.clone(), s.api.clone());
     let before = admin
         .get_manifest(pb::GetManifestRequest { table: "t".into() })
         .await

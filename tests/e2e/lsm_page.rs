@@ -5,11 +5,11 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::process::Command;
-use std::time::Duration;
 
 use proto::v1 as pb;
-use tests::fake::{FakeWorker, file};
-use tests::{Ports, Proc, http_get, service_env, wait_healthy};
+use tests::cluster::Sched;
+use tests::fake::FakeWorker;
+use tests::http_get;
 
 fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".to_owned())
@@ -38,54 +38,21 @@ fn chromium_args(profile: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lsm_page_draws_files_and_running_compactions() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::free();
-    let proc = Proc::start(
-        "scheduler",
-        "scheduler",
-        dir.path(),
-        &[],
-        &service_env("scheduler", ports, dir.path()),
-    );
-    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
-    let url = format!("http://{}", ports.grpc_addr());
-    let mut admin = pb::admin_client::AdminClient::connect(url.clone())
-        .await
-        .unwrap();
-    let mut sched = pb::scheduler_client::SchedulerClient::connect(url)
-        .await
-        .unwrap();
-    admin
-        .create_table(pb::CreateTableRequest {
-            name: "orders".into(),
-            columns: vec![],
-        })
-        .await
-        .unwrap();
+    let mut s = Sched::start(dir.path(), &[], None).await;
+    let ports = s.ports;
+    s.create_table("orders").await;
     let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &ports.grpc_addr(), 2).await;
-    for (m, seq, lo, hi) in [
-        (1u64, 10u64, b"a000", b"m999"),
-        (2, 20, b"c000", b"t999"),
-        (3, 30, b"k000", b"z999"),
-    ] {
-        sched
-            .request_flush(pb::RequestFlushRequest {
-                table: "orders".into(),
-                memtable_id: m,
-                first_seq: seq - 9,
-                last_seq: seq,
-                size_bytes: 1,
-                replayer_address: "127.0.0.1:1".into(),
-            })
-            .await
-            .unwrap();
-        let d = w
-            .next_dispatch(Duration::from_secs(10))
-            .await
-            .expect("dispatched");
-        let mut f = file(d.output_file_ids[0], lo, hi, seq);
-        f.size_bytes = 4096 * m;
-        w.complete_flush(&d, vec![f]).await.unwrap();
-    }
+    s.flush_through(
+        &mut w,
+        "orders",
+        &[
+            (1, 10, b"a000", b"m999", 4096),
+            (2, 20, b"c000", b"t999", 8192),
+            (3, 30, b"k000", b"z999", 12288),
+        ],
+    )
+    .await;
+    let mut admin = s.admin.clone();
     // A compaction holds the L0 files (no compactor is registered, so it stays queued).
     admin
         .trigger_compaction(pb::TriggerCompactionRequest {

@@ -8,78 +8,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use proto::v1 as pb;
+use tests::cluster::Sched;
 use tests::fake::{FakeWorker, file};
 use tests::{Ports, Proc, service_env, wait_healthy};
 use tonic::Code;
-use tonic::transport::Channel;
 
-type Admin = pb::admin_client::AdminClient<Channel>;
-
-struct Sched {
-    proc: Proc,
-    ports: Ports,
-    admin: Admin,
-    api: pb::scheduler_client::SchedulerClient<Channel>,
-}
+/// Timers short enough for leases and stuck detection to play out in a test.
+const FAST_TIMERS: [(&str, &str); 5] = [
+    ("DP__SCHEDULER__HEARTBEAT_INTERVAL", "100ms"),
+    ("DP__SCHEDULER__HEARTBEAT_TIMEOUT", "1s"),
+    ("DP__SCHEDULER__STUCK_TIMEOUT", "2s"),
+    ("DP__SCHEDULER__RETRY_BACKOFF_BASE", "100ms"),
+    ("DP__SCHEDULER__RETRY_BACKOFF_MAX", "500ms"),
+];
 
 async fn start(dir: &Path, extra: &[(&str, &str)], ports: Option<Ports>) -> Sched {
-    let ports = ports.unwrap_or_else(Ports::free);
-    let mut env = service_env("scheduler", ports, dir);
-    for (k, v) in [
-        ("DP__SCHEDULER__HEARTBEAT_INTERVAL", "100ms"),
-        ("DP__SCHEDULER__HEARTBEAT_TIMEOUT", "1s"),
-        ("DP__SCHEDULER__STUCK_TIMEOUT", "2s"),
-        ("DP__SCHEDULER__RETRY_BACKOFF_BASE", "100ms"),
-        ("DP__SCHEDULER__RETRY_BACKOFF_MAX", "500ms"),
-    ] {
-        env.push((k.to_owned(), v.to_owned()));
-    }
-    for (k, v) in extra {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    let proc = Proc::start("scheduler", "scheduler", dir, &[], &env);
-    tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
-    let url = format!("http://{}", ports.grpc_addr());
-    Sched {
-        proc,
-        ports,
-        admin: pb::admin_client::AdminClient::connect(url.clone())
-            .await
-            .unwrap(),
-        api: pb::scheduler_client::SchedulerClient::connect(url)
-            .await
-            .unwrap(),
-    }
-}
-
-async fn create_table(s: &mut Sched, name: &str) {
-    s.admin
-        .create_table(pb::CreateTableRequest {
-            name: name.into(),
-            columns: vec![],
-        })
-        .await
-        .unwrap();
-}
-
-async fn request_flush(
-    s: &mut Sched,
-    table: &str,
-    memtable_id: u64,
-    last_seq: u64,
-) -> Result<u64, tonic::Status> {
-    s.api
-        .request_flush(pb::RequestFlushRequest {
-            table: table.into(),
-            memtable_id,
-            first_seq: last_seq - 9,
-            last_seq,
-            size_bytes: 1000,
-            replayer_address: "127.0.0.1:1".into(),
-        })
-        .await
-        .map(|r| r.into_inner().task_id)
+    let env: Vec<(&str, &str)> = FAST_TIMERS.iter().chain(extra).copied().collect();
+    Sched::start(dir, &env, ports).await
 }
 
 async fn task(s: &mut Sched, id: u64) -> pb::Task {
@@ -106,9 +51,9 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn a_task_is_dispatched_completed_and_committed() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[], None).await;
-    create_table(&mut s, "t").await;
+    s.create_table("t").await;
     let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 2).await;
-    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let id = s.request_flush("t", 1, 10).await.unwrap();
     let d = w.next_dispatch(WAIT).await.expect("dispatched");
     assert_eq!((d.task_id, d.attempt), (id, 1));
     assert!(!d.output_file_ids.is_empty());
@@ -162,10 +107,10 @@ fn keep_alive(mut w: FakeWorker, growing: bool) -> KeepAlive {
 async fn a_silent_worker_loses_its_task_and_its_late_completion_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[], None).await;
-    create_table(&mut s, "t").await;
+    s.create_table("t").await;
     // The first worker gets the task, then goes silent.
     let mut a = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
-    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let id = s.request_flush("t", 1, 10).await.unwrap();
     let first = a.next_dispatch(WAIT).await.expect("first dispatch");
     let b = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
     let (b_handle, _, b_stop) = keep_alive(b, true);
@@ -232,9 +177,9 @@ async fn a_silent_worker_loses_its_task_and_its_late_completion_is_refused() {
 async fn heartbeats_without_progress_mark_the_task_stuck_and_it_moves() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[], None).await;
-    create_table(&mut s, "t").await;
+    s.create_table("t").await;
     let mut a = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
-    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let id = s.request_flush("t", 1, 10).await.unwrap();
     let d = a.next_dispatch(WAIT).await.expect("dispatched");
     let (a_handle, a_running, a_stop) = keep_alive(a, false);
     a_running.send(vec![(d.task_id, d.attempt)]).unwrap();
@@ -265,9 +210,9 @@ async fn heartbeats_without_progress_mark_the_task_stuck_and_it_moves() {
 async fn cancellation_reaches_the_worker_through_its_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[], None).await;
-    create_table(&mut s, "t").await;
+    s.create_table("t").await;
     let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 1).await;
-    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let id = s.request_flush("t", 1, 10).await.unwrap();
     let d = w.next_dispatch(WAIT).await.expect("dispatched");
     let t = s
         .admin
@@ -292,24 +237,23 @@ async fn cancellation_reaches_the_worker_through_its_heartbeat() {
 async fn a_full_queue_says_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[("DP__PROCESSOR__QUEUE_SIZE", "2")], None).await;
-    create_table(&mut s, "t").await;
-    request_flush(&mut s, "t", 1, 10).await.unwrap();
-    request_flush(&mut s, "t", 2, 20).await.unwrap();
-    let err = request_flush(&mut s, "t", 3, 30).await.unwrap_err();
+    s.create_table("t").await;
+    s.request_flush("t", 1, 10).await.unwrap();
+    s.request_flush("t", 2, 20).await.unwrap();
+    let err = s.request_flush("t", 3, 30).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("queue_size"), "{}", err.message());
 }
 
 async fn two_flushed_files(s: &mut Sched) -> FakeWorker {
-    create_table(s, "t").await;
+    s.create_table("t").await;
     let mut w = FakeWorker::start(pb::WorkerKind::Flusher, &s.ports.grpc_addr(), 2).await;
-    for (m, seq, lo, hi) in [(1u64, 10u64, b"a", b"m"), (2, 20, b"c", b"z")] {
-        request_flush(s, "t", m, seq).await.unwrap();
-        let d = w.next_dispatch(WAIT).await.expect("dispatched");
-        w.complete_flush(&d, vec![file(d.output_file_ids[0], lo, hi, seq)])
-            .await
-            .unwrap();
-    }
+    s.flush_through(
+        &mut w,
+        "t",
+        &[(1, 10, b"a", b"m", 4096), (2, 20, b"c", b"z", 4096)],
+    )
+    .await;
     w
 }
 
@@ -353,7 +297,7 @@ async fn sigkill_and_restart_keep_queue_manifest_failures_and_attempts() {
     let mut s = start(dir.path(), &extra, None).await;
     let mut w = two_flushed_files(&mut s).await;
     // A task that fails twice (max_attempts 2) and ends Failed, with its history.
-    let failing = request_flush(&mut s, "t", 3, 30).await.unwrap();
+    let failing = s.request_flush("t", 3, 30).await.unwrap();
     for attempt in 1..=2 {
         let d = w.next_dispatch(WAIT).await.expect("dispatched");
         assert_eq!((d.task_id, d.attempt), (failing, attempt));
@@ -363,11 +307,11 @@ async fn sigkill_and_restart_keep_queue_manifest_failures_and_attempts() {
     }
     // One running (dispatched, attempt 1) and one queued behind the worker's 2 slots... the
     // worker has 2 slots: fill them with two running tasks, then queue one more.
-    let running1 = request_flush(&mut s, "t", 4, 40).await.unwrap();
-    let running2 = request_flush(&mut s, "t", 5, 50).await.unwrap();
+    let running1 = s.request_flush("t", 4, 40).await.unwrap();
+    let running2 = s.request_flush("t", 5, 50).await.unwrap();
     w.next_dispatch(WAIT).await.expect("r1");
     w.next_dispatch(WAIT).await.expect("r2");
-    let queued = request_flush(&mut s, "t", 6, 60).await.unwrap();
+    let queued = s.request_flush("t", 6, 60).await.unwrap();
     let ids = [failing, running1, running2, queued];
     let mut before = Vec::new();
     for id in ids {
@@ -405,7 +349,7 @@ async fn sigkill_and_restart_keep_queue_manifest_failures_and_attempts() {
 async fn work_a_worker_rejects_fails_after_max_attempts_instead_of_looping() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), &[("DP__SCHEDULER__MAX_ATTEMPTS", "2")], None).await;
-    create_table(&mut s, "t").await;
+    s.create_table("t").await;
     // A real flusher binary: today its FlushMemtable answers UNIMPLEMENTED.
     let fp = Ports::free();
     let mut env = service_env("flusher", fp, dir.path());
@@ -419,7 +363,7 @@ async fn work_a_worker_rejects_fails_after_max_attempts_instead_of_looping() {
     ));
     let flusher = Proc::start("flusher", "flusher", dir.path(), &[], &env);
     tokio::task::block_in_place(|| wait_healthy(&flusher, fp.http));
-    let id = request_flush(&mut s, "t", 1, 10).await.unwrap();
+    let id = s.request_flush("t", 1, 10).await.unwrap();
     let t = loop {
         let t = task(&mut s, id).await;
         if t.state == pb::TaskState::Failed as i32 {
