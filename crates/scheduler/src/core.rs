@@ -169,6 +169,9 @@ pub struct Core {
     timer_expiries: (u64, u64),
     /// L0 and compaction samples for the stall forecast.
     forecast: crate::forecast::Tracker,
+    /// Tables whose manifest or compaction locks changed since the last pick: only their
+    /// picks can differ.
+    repick: BTreeSet<String>,
     dirty: Dirty,
 }
 
@@ -219,6 +222,7 @@ impl Core {
             pending_cancels: BTreeMap::new(),
             timer_expiries: (0, 0),
             forecast: crate::forecast::Tracker::default(),
+            repick: BTreeSet::new(),
             dirty: Dirty::default(),
         };
         for (id, record) in snap.workers {
@@ -379,7 +383,7 @@ impl Core {
         );
         self.dirty.dropped.remove(name);
         self.dirty.tables.insert(name.to_owned());
-        self.dirty.manifests.insert(name.to_owned());
+        self.manifest_changed(name);
         self.tables
             .get(name)
             .ok_or_else(|| CoreError::TableNotFound(name.to_owned()))
@@ -547,9 +551,22 @@ impl Core {
     }
 
     /// Releases locks, progress and worker assignment of a task's attempt.
+    /// A table's manifest changed: persist it, and pick its compactions again.
+    fn manifest_changed(&mut self, table: &str) {
+        self.dirty.manifests.insert(table.to_owned());
+        self.repick.insert(table.to_owned());
+    }
+
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
         self.live.remove(&id);
+        let held = self.locks.len();
         self.locks.retain(|_, t| *t != id);
+        if self.locks.len() != held
+            && let Some(t) = self.tasks.get(&id)
+        {
+            // Unlocked files may now be picked.
+            self.repick.insert(t.spec.table().to_owned());
+        }
         self.progress.remove(&(id, attempt));
         for w in self.workers.values_mut() {
             w.assigned.remove(&(id, attempt));
@@ -1094,7 +1111,7 @@ impl Core {
                             levels: next,
                         },
                     );
-                    self.dirty.manifests.insert(table.clone());
+                    self.manifest_changed(&table);
                 }
                 if let (TaskSpec::StatisticsUpdate { .. }, Some(stats)) = (&spec, stats)
                     && self.tables.contains_key(&table)
@@ -1121,11 +1138,27 @@ impl Core {
         }
     }
 
-    /// Runs the compaction picker over every table: trivial moves are committed at once
+    /// Runs the compaction picker over tables: trivial moves are committed at once
     /// (re-levelled, not rewritten: one manifest edit, no worker); other plans are queued
     /// as Compaction tasks, their inputs locked. Returns (tasks queued, files moved).
-    pub fn plan_compactions(&mut self, strategy: &Strategy, now_ms: i64) -> (Vec<u64>, usize) {
-        let tables: Vec<String> = self.tables.keys().cloned().collect();
+    ///
+    /// `all` picks every table (the periodic pass); otherwise only the tables whose
+    /// manifest or locks changed since the last pick.
+    pub fn plan_compactions(
+        &mut self,
+        strategy: &Strategy,
+        all: bool,
+        now_ms: i64,
+    ) -> (Vec<u64>, usize) {
+        let changed = std::mem::take(&mut self.repick);
+        let tables: Vec<String> = if all {
+            self.tables.keys().cloned().collect()
+        } else {
+            changed
+                .into_iter()
+                .filter(|t| self.tables.contains_key(t))
+                .collect()
+        };
         let mut queued = Vec::new();
         let mut moved = 0;
         for table in tables {
@@ -1158,7 +1191,7 @@ impl Core {
                             levels: next,
                         };
                         self.manifests.insert(table.clone(), rec);
-                        self.dirty.manifests.insert(table.clone());
+                        self.manifest_changed(&table);
                     }
                     continue;
                 }

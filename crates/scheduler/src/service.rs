@@ -432,9 +432,9 @@ impl SchedulerState {
     }
 }
 
-/// The dispatch loop: on a short ticker and whenever woken, expire leases and hand out
-/// work; after every wake-up (commits wake it) and every `scheduler.pick_interval`, run
-/// the compaction picker; every 5 s also forget old finished tasks.
+/// The dispatch loop: on a short ticker and whenever woken, expire leases, pick
+/// compactions for the tables that changed (all tables every `scheduler.pick_interval`)
+/// and hand out work; every 5 s also forget old finished tasks.
 pub async fn dispatch_loop(
     state: Arc<SchedulerState>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -445,14 +445,16 @@ pub async fn dispatch_loop(
     let pick_every = state.config.scheduler.pick_interval.get();
     let mut last_pick = tokio::time::Instant::now();
     loop {
-        let woken = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => false,
-            _ = state.wake.notified() => true,
-        };
+            _ = ticker.tick() => {}
+            _ = state.wake.notified() => {}
+        }
         rounds += 1;
-        let pick_now = woken || last_pick.elapsed() >= pick_every;
-        if pick_now {
+        // Every round picks the tables that changed (cheap: usually none); every
+        // pick_interval, all of them.
+        let all = last_pick.elapsed() >= pick_every;
+        if all {
             last_pick = tokio::time::Instant::now();
         }
         let dispatches = state
@@ -460,15 +462,13 @@ pub async fn dispatch_loop(
                 if rounds.is_multiple_of(50) {
                     c.prune_finished(10_000);
                 }
-                if pick_now {
-                    let (queued, moved) = c.plan_compactions(&state.strategy, now);
-                    if !queued.is_empty() || moved > 0 {
-                        tracing::info!(
-                            queued = queued.len(),
-                            trivially_moved = moved,
-                            "compaction picker"
-                        );
-                    }
+                let (queued, moved) = c.plan_compactions(&state.strategy, all, now);
+                if !queued.is_empty() || moved > 0 {
+                    tracing::info!(
+                        queued = queued.len(),
+                        trivially_moved = moved,
+                        "compaction picker"
+                    );
                 }
                 c.tick(now)
             })
