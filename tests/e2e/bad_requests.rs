@@ -120,6 +120,9 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
         last_seq: last,
         size_bytes: 1,
         replayer_address: replayer.into(),
+        after_seq: first.saturating_sub(1),
+        replay_task_id: 999,
+        replay_attempt: 1,
     };
     check(
         "flush unknown table",
@@ -144,6 +147,20 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
         api.request_flush(flush("t", 1, 2, "")).await,
         Code::InvalidArgument,
         "replayer_address",
+    );
+    check(
+        "flush from a replay attempt that does not hold the table",
+        api.request_flush(flush("t", 1, 2, "r:1")).await,
+        Code::FailedPrecondition,
+        "task 999 attempt 1",
+    );
+    let mut overlapping = flush("t", 5, 9, "r:1");
+    overlapping.after_seq = 5;
+    check(
+        "flush whose after_seq is not below first_seq",
+        api.request_flush(overlapping).await,
+        Code::InvalidArgument,
+        "after_seq",
     );
 
     // Admin RPCs.

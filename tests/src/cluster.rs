@@ -9,7 +9,7 @@ use std::time::Duration;
 use proto::v1 as pb;
 use tonic::transport::Channel;
 
-use crate::fake::{FakeWorker, file};
+use crate::fake::{FakeReplayer, FakeWorker, file};
 use crate::{Ports, Proc, service_env, wait_healthy};
 
 /// A running scheduler process.
@@ -18,6 +18,9 @@ pub struct Sched {
     pub ports: Ports,
     pub admin: pb::admin_client::AdminClient<Channel>,
     pub api: pb::scheduler_client::SchedulerClient<Channel>,
+    /// Holds every table (the scheduler assigns each to a replayer), so flush requests
+    /// come from the owning replay attempt.
+    pub replayer: FakeReplayer,
 }
 
 /// One flush to push through a fake flusher: (memtable id, last seq, smallest key,
@@ -37,7 +40,9 @@ impl Sched {
         let proc = Proc::start("scheduler", "scheduler", dir, &[], &full);
         tokio::task::block_in_place(|| wait_healthy(&proc, ports.http));
         let url = format!("http://{}", ports.grpc_addr());
+        let replayer = FakeReplayer::start(&ports.grpc_addr()).await;
         Self {
+            replayer,
             proc,
             ports,
             admin: pb::admin_client::AdminClient::connect(url.clone())
@@ -60,13 +65,14 @@ impl Sched {
     }
 
     /// Asks for the flush of memtable `memtable_id` holding seqs `last_seq-9..=last_seq`,
-    /// as a replayer would.
+    /// as the replayer holding the table would.
     pub async fn request_flush(
         &mut self,
         table: &str,
         memtable_id: u64,
         last_seq: u64,
     ) -> Result<u64, tonic::Status> {
+        let (replay_task_id, replay_attempt) = self.replayer.owner(table).await;
         self.api
             .request_flush(pb::RequestFlushRequest {
                 table: table.into(),
@@ -74,7 +80,10 @@ impl Sched {
                 first_seq: last_seq - 9,
                 last_seq,
                 size_bytes: 1000,
-                replayer_address: "127.0.0.1:1".into(),
+                replayer_address: self.replayer.address.clone(),
+                after_seq: last_seq - 10,
+                replay_task_id,
+                replay_attempt,
             })
             .await
             .map(|r| r.into_inner().task_id)

@@ -229,6 +229,144 @@ impl Drop for FakeWorker {
     }
 }
 
+/// A fake replayer: a real gRPC server that accepts every WalReplay dispatch (holding the
+/// table under that attempt) and heartbeats in the background, so the scheduler sees a live
+/// replayer owning the tables, and flush requests can quote the owning attempt.
+pub struct FakeReplayer {
+    pub address: String,
+    held: Arc<Mutex<std::collections::BTreeMap<String, (u64, u32)>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Clone)]
+struct ReplaySink(Arc<Mutex<std::collections::BTreeMap<String, (u64, u32)>>>);
+
+#[tonic::async_trait]
+impl pb::replayer_server::Replayer for ReplaySink {
+    async fn replay_from_checkpoint(
+        &self,
+        r: Request<pb::ReplayFromCheckpointRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        let r = r.into_inner();
+        let d = r
+            .dispatch
+            .ok_or_else(|| Status::invalid_argument("dispatch: required"))?;
+        let table = r.spec.unwrap_or_default().table;
+        if let Ok(mut held) = self.0.lock() {
+            held.insert(table, (d.task_id, d.attempt));
+        }
+        Ok(Response::new(pb::DispatchResponse { accepted: true }))
+    }
+}
+
+impl FakeReplayer {
+    /// Starts the server, registers with the scheduler and heartbeats every 200 ms until
+    /// dropped (re-registering if the scheduler forgot it).
+    pub async fn start(scheduler_addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let held = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut server_stop = stop_rx.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::replayer_server::ReplayerServer::new(ReplaySink(
+                    held.clone(),
+                )))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = server_stop.wait_for(|v| *v).await;
+                    },
+                ),
+        );
+        let mut scheduler =
+            pb::scheduler_client::SchedulerClient::connect(format!("http://{scheduler_addr}"))
+                .await
+                .expect("connect to the scheduler");
+        let register = pb::RegisterWorkerRequest {
+            kind: pb::WorkerKind::Replayer as i32,
+            advertised_address: address.clone(),
+            slots: 64,
+            name: format!("fake-replayer-{address}"),
+            version: "test".into(),
+        };
+        let mut worker_id = scheduler
+            .register_worker(register.clone())
+            .await
+            .expect("register")
+            .into_inner()
+            .worker_id;
+        let beat_held = held.clone();
+        tokio::spawn(async move {
+            while !*stop_rx.borrow() {
+                let running: Vec<pb::TaskProgress> = beat_held
+                    .lock()
+                    .map(|h| {
+                        h.values()
+                            .map(|(t, a)| pb::TaskProgress {
+                                task_id: *t,
+                                attempt: *a,
+                                ..Default::default()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let reply = scheduler
+                    .heartbeat(pb::HeartbeatRequest {
+                        worker_id,
+                        running,
+                        tables: Vec::new(),
+                    })
+                    .await;
+                match reply {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if let Ok(mut h) = beat_held.lock() {
+                            h.retain(|_, (t, a)| {
+                                !r.cancel.iter().any(|c| c.task_id == *t && c.attempt == *a)
+                            });
+                        }
+                        if r.reregister
+                            && let Ok(resp) = scheduler.register_worker(register.clone()).await
+                        {
+                            worker_id = resp.into_inner().worker_id;
+                        }
+                    }
+                    // The scheduler is restarting: keep trying.
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self {
+            address,
+            held,
+            shutdown: stop_tx,
+        }
+    }
+
+    /// The WalReplay (task, attempt) under which `table` is held, waiting up to 10 s for
+    /// the scheduler to assign it.
+    pub async fn owner(&self, table: &str) -> (u64, u32) {
+        for _ in 0..200 {
+            if let Some(o) = self.held.lock().ok().and_then(|h| h.get(table).copied()) {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("table {table} was never assigned to the fake replayer");
+    }
+}
+
+impl Drop for FakeReplayer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
 /// A file as a flusher would report it.
 pub fn file(id: u64, smallest: &[u8], largest: &[u8], seq: u64) -> pb::FileMeta {
     pb::FileMeta {

@@ -126,14 +126,94 @@ async fn start_worker(
     Ok(())
 }
 
-fn request(memtable_id: u64) -> pb::RequestFlushRequest {
+/// The replayer that holds the bench table: accepts the WalReplay dispatch, heartbeats.
+#[derive(Clone, Default)]
+struct HoldingReplayer {
+    held: Arc<Mutex<Option<(u64, u32)>>>,
+}
+
+#[tonic::async_trait]
+impl pb::replayer_server::Replayer for HoldingReplayer {
+    async fn replay_from_checkpoint(
+        &self,
+        r: Request<pb::ReplayFromCheckpointRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        let d = r.into_inner().dispatch.unwrap_or_default();
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some((d.task_id, d.attempt));
+        Ok(Response::new(pb::DispatchResponse { accepted: true }))
+    }
+}
+
+/// Starts the replayer; returns its address and the (task, attempt) holding the table.
+async fn start_replayer(scheduler_url: &str) -> anyhow::Result<(String, (u64, u32))> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let replayer = HoldingReplayer::default();
+    let held = replayer.held.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::replayer_server::ReplayerServer::new(replayer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client =
+        pb::scheduler_client::SchedulerClient::connect(scheduler_url.to_owned()).await?;
+    let id = client
+        .register_worker(pb::RegisterWorkerRequest {
+            kind: pb::WorkerKind::Replayer as i32,
+            advertised_address: address.clone(),
+            slots: 4,
+            name: String::new(),
+            version: "bench".into(),
+        })
+        .await?
+        .into_inner()
+        .worker_id;
+    let beat = held.clone();
+    tokio::spawn(async move {
+        loop {
+            let running = beat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|(task_id, attempt)| pb::TaskProgress {
+                    task_id,
+                    attempt,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect();
+            let _ = client
+                .heartbeat(pb::HeartbeatRequest {
+                    worker_id: id,
+                    running,
+                    tables: Vec::new(),
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    for _ in 0..200 {
+        if let Some(owner) = *held.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok((address, owner));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the scheduler never assigned the bench table to the replayer")
+}
+
+/// The flush of memtable `memtable_id` (1, 2, ...): ten seqs each, a contiguous chain from
+/// seq 1, so the scheduler commits them all (in order) however they complete.
+fn request(memtable_id: u64, replayer: &(String, (u64, u32))) -> pb::RequestFlushRequest {
+    let after = (memtable_id - 1) * 10;
     pb::RequestFlushRequest {
         table: "bench".into(),
         memtable_id,
-        first_seq: memtable_id * 10 + 1,
-        last_seq: memtable_id * 10 + 10,
+        first_seq: after + 1,
+        last_seq: after + 10,
         size_bytes: 1,
-        replayer_address: "127.0.0.1:1".into(),
+        replayer_address: replayer.0.clone(),
+        after_seq: after,
+        replay_task_id: replayer.1.0,
+        replay_attempt: replayer.1.1,
     }
 }
 
@@ -165,6 +245,7 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
             columns: vec![],
         })
         .await?;
+    let replayer = Arc::new(start_replayer(&url).await?);
     let (tx, mut rx) = mpsc::unbounded_channel();
     for _ in 0..o.workers {
         start_worker(&url, tx.clone()).await?;
@@ -177,10 +258,11 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
     let per = o.tasks.div_ceil(o.concurrency.max(1));
     for c in 0..o.concurrency {
         let mut client = client.clone();
+        let replayer = replayer.clone();
         senders.push(tokio::spawn(async move {
             for i in 0..per {
                 let id = c * per + i + 1;
-                let _ = client.request_flush(request(id)).await;
+                let _ = client.request_flush(request(id, &replayer)).await;
             }
         }));
     }
@@ -193,7 +275,13 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
             .get_queue_status(pb::GetQueueStatusRequest {})
             .await?
             .into_inner();
-        let busy: u32 = q.types.iter().map(|t| t.pending + t.running).sum();
+        // The WalReplay task holding the table runs for as long as the replayer lives.
+        let busy: u32 = q
+            .types
+            .iter()
+            .filter(|t| t.r#type != pb::TaskType::WalReplay as i32)
+            .map(|t| t.pending + t.running)
+            .sum();
         if busy == 0 {
             break;
         }
@@ -207,14 +295,15 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(1) as f64));
     let n = o.rate * o.seconds;
-    let base = 10_000_000;
+    let base = total + 1;
     for i in 0..n {
         ticker.tick().await;
         let mut client = client.clone();
         let sent = sent.clone();
+        let replayer = replayer.clone();
         tokio::spawn(async move {
             let now = Instant::now();
-            if let Ok(r) = client.request_flush(request(base + i)).await {
+            if let Ok(r) = client.request_flush(request(base + i, &replayer)).await {
                 sent.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(r.into_inner().task_id, now);

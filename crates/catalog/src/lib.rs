@@ -279,6 +279,7 @@ mod tests {
             not_before_ms: 0,
             priority: 0,
             finished_at_ms: 0,
+            staged_files: None,
         }
     }
 

@@ -101,6 +101,9 @@ pub enum TaskSpec {
         checkpoint: u64,
         /// RocksDB's recovery-mode name; empty = the replayer's configured one.
         recovery_mode: String,
+        /// An operator chose the start point: it is not moved up to the checkpoint.
+        #[serde(default)]
+        explicit_start: bool,
     },
     MemtableFlush {
         table: String,
@@ -108,6 +111,13 @@ pub enum TaskSpec {
         replayer_address: String,
         first_seq: u64,
         last_seq: u64,
+        /// The memtable holds every applied entry with `after_seq < seq <= last_seq`; the
+        /// flush commits once the checkpoint has reached `after_seq`.
+        #[serde(default)]
+        after_seq: u64,
+        /// The WalReplay task under which the replayer holds the memtable.
+        #[serde(default)]
+        replay_task_id: u64,
     },
     Compaction {
         table: String,
@@ -208,6 +218,11 @@ pub struct TaskRecord {
     pub priority: i32,
     /// When it reached a final state (0 while live).
     pub finished_at_ms: i64,
+    /// A flush whose current attempt finished with these files while an earlier flush of
+    /// the table had not committed yet: it commits, in sequence order, once the checkpoint
+    /// reaches its `after_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_files: Option<Vec<FileMeta>>,
 }
 
 impl TaskRecord {

@@ -162,6 +162,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             table,
             checkpoint,
             recovery_mode,
+            ..
         } => Spec::WalReplay(pb::WalReplaySpec {
             table: table.clone(),
             checkpoint: *checkpoint,
@@ -173,6 +174,8 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             replayer_address,
             first_seq,
             last_seq,
+            after_seq,
+            ..
         } => Spec::Flush(pb::FlushSpec {
             table: table.clone(),
             memtable_id: *memtable_id,
@@ -180,6 +183,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             first_seq: *first_seq,
             last_seq: *last_seq,
             output_file_ids: output_file_ids.to_vec(),
+            after_seq: *after_seq,
         }),
         TaskSpec::Compaction {
             table,

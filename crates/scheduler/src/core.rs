@@ -40,6 +40,9 @@ pub struct CoreConfig {
     pub num_levels: usize,
     /// Milliseconds of waiting that add one priority point (no starvation).
     pub aging_ms: i64,
+    /// Keep a WalReplay task live for every table (the table is assigned to a replayer),
+    /// unless the table's last replay failed for good (an operator retries it).
+    pub assign_replays: bool,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +57,7 @@ impl Default for CoreConfig {
             max_running: HashMap::new(),
             num_levels: 7,
             aging_ms: 1000,
+            assign_replays: false,
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct HeartbeatReply {
     pub reregister: bool,
     /// Attempts to stop.
     pub cancel: Vec<(u64, u32)>,
+    /// Replayers: tables whose active memtable must be frozen and flushed now.
+    pub freeze: Vec<String>,
 }
 
 /// Per-kind queue figures.
@@ -165,6 +171,8 @@ pub struct Core {
     progress: HashMap<(u64, u32), ProgressMark>,
     /// Cancellations to deliver with each worker's next heartbeat reply.
     pending_cancels: BTreeMap<u64, Vec<(u64, u32)>>,
+    /// Tables each replayer must freeze (TriggerFlush), delivered with its next heartbeat.
+    pending_freezes: BTreeMap<u64, BTreeSet<String>>,
     /// Attempts ended by the two timers since start: (lease expired, stuck).
     timer_expiries: (u64, u64),
     /// L0 and compaction samples for the stall forecast.
@@ -220,6 +228,7 @@ impl Core {
             locks: BTreeMap::new(),
             progress: HashMap::new(),
             pending_cancels: BTreeMap::new(),
+            pending_freezes: BTreeMap::new(),
             timer_expiries: (0, 0),
             forecast: crate::forecast::Tracker::default(),
             repick: BTreeSet::new(),
@@ -462,6 +471,17 @@ impl Core {
                 capacity: self.cfg.queue_size,
             });
         }
+        // A new replay of a table supersedes the live one: one replayer owns a table.
+        if let TaskSpec::WalReplay { .. } = &spec {
+            let old: Vec<u64> = self
+                .live_tasks()
+                .filter(|t| t.kind() == TaskKind::WalReplay && t.spec.table() == table)
+                .map(|t| t.id)
+                .collect();
+            for id in old {
+                let _ = self.cancel(id, now_ms);
+            }
+        }
         let inputs = spec.input_file_ids();
         if let TaskSpec::Compaction { inputs: levels, .. } = &spec {
             let manifest = self
@@ -505,6 +525,7 @@ impl Core {
                 not_before_ms: now_ms,
                 priority,
                 finished_at_ms: 0,
+                staged_files: None,
             },
         );
         self.dirty.tasks.insert(id);
@@ -696,7 +717,7 @@ impl Core {
         let Some(w) = self.workers.get_mut(&worker_id) else {
             return HeartbeatReply {
                 reregister: true,
-                cancel: Vec::new(),
+                ..HeartbeatReply::default()
             };
         };
         w.last_heartbeat_ms = now_ms;
@@ -726,9 +747,15 @@ impl Core {
                 mark.changed_at_ms = now_ms;
             }
         }
+        let freeze = self
+            .pending_freezes
+            .remove(&worker_id)
+            .map(|t| t.into_iter().collect())
+            .unwrap_or_default();
         HeartbeatReply {
             reregister: false,
             cancel,
+            freeze,
         }
     }
 
@@ -754,12 +781,105 @@ impl Core {
     /// nothing starves), within cluster limits and worker slots.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Dispatch> {
         self.expire(now_ms);
+        if self.cfg.assign_replays {
+            self.assign_replays(now_ms);
+        }
         self.plan_dispatches(now_ms)
+    }
+
+    /// Queues a WalReplay for every table without a live one, unless its latest replay
+    /// failed for good (a ReplayError: an operator looks, then retries it).
+    fn assign_replays(&mut self, now_ms: i64) {
+        let mut latest: BTreeMap<&str, (u64, TaskState)> = BTreeMap::new();
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| t.kind() == TaskKind::WalReplay)
+        {
+            latest.insert(t.spec.table(), (t.id, t.state));
+        }
+        let missing: Vec<(String, u64)> = self
+            .tables
+            .keys()
+            .filter(|name| {
+                latest
+                    .get(name.as_str())
+                    .is_none_or(|(_, s)| matches!(s, TaskState::Succeeded | TaskState::Cancelled))
+            })
+            .map(|name| {
+                let checkpoint = self.manifests.get(name).map_or(0, |m| m.checkpoint);
+                (name.clone(), checkpoint)
+            })
+            .collect();
+        for (table, checkpoint) in missing {
+            let spec = TaskSpec::WalReplay {
+                table,
+                checkpoint,
+                recovery_mode: String::new(),
+                explicit_start: false,
+            };
+            // A full queue: try again next tick.
+            let _ = self.submit(spec, 100, now_ms);
+        }
+    }
+
+    /// The running WalReplay attempt that holds `table`: (task, attempt, worker).
+    pub fn replay_owner(&self, table: &str) -> Option<(u64, u32, u64)> {
+        self.live_tasks()
+            .filter(|t| {
+                t.kind() == TaskKind::WalReplay
+                    && t.state == TaskState::Running
+                    && t.spec.table() == table
+            })
+            .find_map(|t| t.current_attempt().map(|a| (t.id, t.attempt, a.worker_id)))
+    }
+
+    /// Asks the replayer holding `table` to freeze its active memtable and request its
+    /// flush (delivered with its next heartbeat). Returns the replayer's worker id.
+    pub fn request_freeze(&mut self, table: &str) -> Result<u64, CoreError> {
+        if !self.tables.contains_key(table) {
+            return Err(CoreError::TableNotFound(table.to_owned()));
+        }
+        let (_, _, worker) = self.replay_owner(table).ok_or_else(|| {
+            CoreError::Refused(format!(
+                "table {table} is not assigned to a live replayer (no running WalReplay task)"
+            ))
+        })?;
+        self.pending_freezes
+            .entry(worker)
+            .or_default()
+            .insert(table.to_owned());
+        Ok(worker)
+    }
+
+    /// Checks that a flush request comes from the replay attempt that holds the table.
+    pub fn check_flush_request(
+        &self,
+        table: &str,
+        replay_task_id: u64,
+        replay_attempt: u32,
+    ) -> Result<(), CoreError> {
+        if !self.tables.contains_key(table) {
+            return Err(CoreError::TableNotFound(table.to_owned()));
+        }
+        match self.replay_owner(table) {
+            Some((id, attempt, _)) if id == replay_task_id && attempt == replay_attempt => Ok(()),
+            Some((id, attempt, _)) => Err(CoreError::Refused(format!(
+                "table {table} is held by WalReplay task {id} attempt {attempt}, not task {replay_task_id} attempt {replay_attempt}"
+            ))),
+            None => Err(CoreError::Refused(format!(
+                "table {table} has no running WalReplay task (the request came from task {replay_task_id} attempt {replay_attempt})"
+            ))),
+        }
     }
 
     fn expire(&mut self, now_ms: i64) {
         let mut failures = Vec::new();
         for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
+            // A staged flush has finished its work: it only waits for its turn to commit.
+            if t.staged_files.is_some() {
+                continue;
+            }
             let Some(a) = t.current_attempt() else {
                 continue;
             };
@@ -774,6 +894,11 @@ impl Core {
                         a.worker_id, a.worker_address, self.cfg.heartbeat_timeout_ms
                     ),
                 ));
+                continue;
+            }
+            // A replay tails the WAL for as long as it holds the table: no writes, no
+            // progress, and nothing wrong. Its heartbeats are its lease.
+            if t.kind() == TaskKind::WalReplay {
                 continue;
             }
             let changed = self
@@ -848,7 +973,10 @@ impl Core {
         let retriable = error.retriable;
         task.errors.push(error);
         let failures = task.errors.len() as u32;
-        let final_failure = !retriable || failures >= max;
+        // A table must stay assigned: a replay is retried for as long as its errors are
+        // retriable (a replayer restarting is not a reason to stop replaying the table).
+        let unlimited = task.kind() == TaskKind::WalReplay;
+        let final_failure = !retriable || (failures >= max && !unlimited);
         if final_failure {
             task.state = TaskState::Failed;
             task.finished_at_ms = now_ms;
@@ -907,6 +1035,22 @@ impl Core {
                 continue;
             };
             let output_file_ids = self.allocate_outputs(id);
+            // The memtables of the table's previous replayer are gone or being dropped:
+            // their flushes can no longer stream, and the new replayer replays (and
+            // flushes) everything after the checkpoint again.
+            let stale_flushes: Vec<u64> = match self.tasks.get(&id).map(|t| &t.spec) {
+                Some(TaskSpec::WalReplay { table, .. }) => self
+                    .live_tasks()
+                    .filter(|t| t.kind() == TaskKind::MemtableFlush && t.spec.table() == table)
+                    .map(|t| t.id)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let current_checkpoint = self
+                .tasks
+                .get(&id)
+                .and_then(|t| self.manifests.get(t.spec.table()))
+                .map_or(0, |m| m.checkpoint);
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -920,11 +1064,22 @@ impl Core {
                 ended_at_ms: 0,
                 output_file_ids: output_file_ids.clone(),
             });
-            if let TaskSpec::WalReplay { table, .. } = &task.spec
-                && let Some(t) = self.tables.get_mut(table)
+            if let TaskSpec::WalReplay {
+                table,
+                checkpoint,
+                explicit_start,
+                ..
+            } = &mut task.spec
             {
-                t.replayer_address = address.clone();
-                self.dirty.tables.insert(table.clone());
+                // Replay from the checkpoint as of now, not as of queueing (an operator's
+                // explicit older start point is kept).
+                if !*explicit_start {
+                    *checkpoint = (*checkpoint).max(current_checkpoint);
+                }
+                if let Some(t) = self.tables.get_mut(table.as_str()) {
+                    t.replayer_address = address.clone();
+                    self.dirty.tables.insert(table.clone());
+                }
             }
             let dispatch = Dispatch {
                 task_id: id,
@@ -947,6 +1102,16 @@ impl Core {
             }
             *running.entry(kind).or_default() += 1;
             out.push(dispatch);
+            for id in stale_flushes {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.state == TaskState::Running)
+                {
+                    *running.entry(TaskKind::MemtableFlush).or_default() -= 1;
+                }
+                let _ = self.cancel(id, now_ms);
+            }
         }
         out
     }
@@ -1048,6 +1213,31 @@ impl Core {
                         f.id
                     )));
                 }
+                // Flushes of one table commit in sequence order: one whose predecessor has
+                // not committed yet waits, its files staged, until the checkpoint reaches it.
+                if let TaskSpec::MemtableFlush { after_seq, .. } = &spec {
+                    let checkpoint = self.manifests.get(spec.table()).map_or(0, |m| m.checkpoint);
+                    if *after_seq > checkpoint {
+                        if let Some(task) = self.tasks.get_mut(&task_id) {
+                            task.staged_files = Some(files);
+                            if let Some(a) = task
+                                .attempts
+                                .iter_mut()
+                                .rev()
+                                .find(|a| a.attempt == attempt)
+                            {
+                                a.ended_at_ms = now_ms;
+                            }
+                        }
+                        self.dirty.tasks.insert(task_id);
+                        // The worker's slot is free; the task stays live until it commits.
+                        self.progress.remove(&(task_id, attempt));
+                        for w in self.workers.values_mut() {
+                            w.assigned.remove(&(task_id, attempt));
+                        }
+                        return Ok(());
+                    }
+                }
                 let edit = match &spec {
                     TaskSpec::MemtableFlush { .. } => Some(VersionEdit {
                         removed: Vec::new(),
@@ -1133,7 +1323,45 @@ impl Core {
                 }
                 self.dirty.tasks.insert(task_id);
                 self.finish_bookkeeping(task_id, attempt);
+                if spec.kind() == TaskKind::MemtableFlush {
+                    self.commit_staged_flushes(&table, now_ms);
+                }
                 Ok(())
+            }
+        }
+    }
+
+    /// Commits the staged flushes of `table` that the checkpoint has reached, in order.
+    fn commit_staged_flushes(&mut self, table: &str, now_ms: i64) {
+        loop {
+            let checkpoint = self.manifests.get(table).map_or(0, |m| m.checkpoint);
+            let next = self
+                .live_tasks()
+                .filter(|t| t.staged_files.is_some() && t.spec.table() == table)
+                .filter_map(|t| match &t.spec {
+                    TaskSpec::MemtableFlush { after_seq, .. } if *after_seq <= checkpoint => {
+                        Some((*after_seq, t.id, t.attempt))
+                    }
+                    _ => None,
+                })
+                .min();
+            let Some((_, id, attempt)) = next else {
+                return;
+            };
+            let files = self
+                .tasks
+                .get_mut(&id)
+                .and_then(|t| t.staged_files.take())
+                .unwrap_or_default();
+            let outcome = Outcome::Success {
+                files,
+                consumed_inputs: Vec::new(),
+                stats: None,
+            };
+            if let Err(e) = self.complete(id, attempt, outcome, now_ms) {
+                // Cannot happen for a live staged flush; never loop on it.
+                tracing::warn!(task_id = id, error = %e, "staged flush could not commit");
+                return;
             }
         }
     }

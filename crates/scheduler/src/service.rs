@@ -86,6 +86,7 @@ pub fn core_config(cfg: &Config) -> CoreConfig {
         max_running,
         num_levels: cfg.compaction.level_based.num_levels as usize,
         aging_ms: 1000,
+        assign_replays: true,
     }
 }
 
@@ -524,9 +525,24 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let running: Vec<_> = req.running.iter().map(convert::progress_from_pb).collect();
-        let reply = self
+        let (reply, checkpoints) = self
             .0
-            .mutate(|c, now| c.heartbeat(req.worker_id, &running, now))
+            .mutate(|c, now| {
+                let reply = c.heartbeat(req.worker_id, &running, now);
+                // A replayer learns each table's checkpoint and drops the memtables it covers.
+                let checkpoints: Vec<pb::CommittedFlush> = req
+                    .tables
+                    .iter()
+                    .filter_map(|t| {
+                        c.manifest(&t.table).map(|m| pb::CommittedFlush {
+                            table: t.table.clone(),
+                            memtable_id: 0,
+                            checkpoint: m.checkpoint,
+                        })
+                    })
+                    .collect();
+                (reply, checkpoints)
+            })
             .await;
         Ok(Response::new(pb::HeartbeatResponse {
             cancel: reply
@@ -538,7 +554,8 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 })
                 .collect(),
             reregister: reply.reregister,
-            committed_flushes: Vec::new(),
+            committed_flushes: checkpoints,
+            freeze_tables: reply.freeze,
         }))
     }
 
@@ -618,17 +635,29 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 "replayer_address: must not be empty",
             ));
         }
+        if req.after_seq >= req.first_seq {
+            return Err(Status::invalid_argument(format!(
+                "after_seq: {} must be below first_seq {}",
+                req.after_seq, req.first_seq
+            )));
+        }
+        let (replay_task_id, replay_attempt) = (req.replay_task_id, req.replay_attempt);
         let spec = TaskSpec::MemtableFlush {
             table: req.table,
             memtable_id: req.memtable_id,
             replayer_address: req.replayer_address,
             first_seq: req.first_seq,
             last_seq: req.last_seq,
+            after_seq: req.after_seq,
+            replay_task_id,
         };
         let priority = priority_of(&spec);
         let id = self
             .0
-            .mutate(|c, now| c.submit(spec, priority, now))
+            .mutate(|c, now| {
+                c.check_flush_request(spec.table(), replay_task_id, replay_attempt)?;
+                c.submit(spec, priority, now)
+            })
             .await
             .map_err(status_of)?;
         self.0.wake.notify_one();
@@ -696,10 +725,50 @@ impl pb::admin_server::Admin for AdminApi {
                     running_tasks: counts.values().map(|k| k.running as u32).sum(),
                     pending_tasks: counts.values().map(|k| k.pending as u32).sum(),
                     tables: c.tables().count() as u32,
+                    storage_url: absolute_storage_url(&s.config.storage.url),
                 }
             })
             .await;
         Ok(Response::new(resp))
+    }
+
+    async fn trigger_flush(
+        &self,
+        request: Request<pb::TriggerFlushRequest>,
+    ) -> Result<Response<pb::TriggerResponse>, Status> {
+        let req = request.into_inner();
+        let asked = self
+            .0
+            .mutate(|c, _| {
+                let tables: Vec<String> = c
+                    .tables()
+                    .filter(|t| req.table.is_empty() || t.name == req.table)
+                    .map(|t| t.name.clone())
+                    .collect();
+                if tables.is_empty() && !req.table.is_empty() {
+                    return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
+                }
+                let mut asked = Vec::new();
+                for t in tables {
+                    match c.request_freeze(&t) {
+                        Ok(_) => asked.push(t),
+                        // One table: say why. Every table: skip the unassigned ones.
+                        Err(e) if !req.table.is_empty() => return Err(e),
+                        Err(_) => {}
+                    }
+                }
+                Ok(asked)
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::TriggerResponse {
+            task_ids: Vec::new(),
+            message: format!(
+                "asked the replayer to freeze and flush {} table(s): {}; the MemtableFlush tasks appear after its next heartbeat",
+                asked.len(),
+                asked.join(", ")
+            ),
+        }))
     }
 
     async fn get_queue_status(
@@ -910,6 +979,7 @@ impl pb::admin_server::Admin for AdminApi {
                                 checkpoint
                             },
                             recovery_mode: String::new(),
+                            explicit_start: req.from_seq > 0,
                         };
                         let p = priority_of(&spec);
                         c.submit(spec, p, now)
@@ -1144,4 +1214,17 @@ impl pb::admin_server::Admin for AdminApi {
             .await
             .map(Response::new)
     }
+}
+
+/// `storage.url` as a client on another working directory can use it: a relative
+/// `file://` path is made absolute.
+pub fn absolute_storage_url(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("file://")
+        && !path.starts_with('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        let joined = cwd.join(path.trim_start_matches("./"));
+        return format!("file://{}", joined.display());
+    }
+    url.to_owned()
 }

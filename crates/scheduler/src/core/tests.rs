@@ -16,6 +16,7 @@ fn cfg() -> CoreConfig {
         max_running: HashMap::new(),
         num_levels: 4,
         aging_ms: 1000,
+        assign_replays: false,
     }
 }
 
@@ -39,6 +40,9 @@ fn flush_spec(memtable_id: u64, last_seq: u64) -> TaskSpec {
         replayer_address: "r:1".into(),
         first_seq: last_seq - 9,
         last_seq,
+        // Commits as soon as it completes (ordering has its own tests).
+        after_seq: 0,
+        replay_task_id: 0,
     }
 }
 
@@ -592,4 +596,191 @@ fn only_changed_tables_are_picked_between_full_passes() {
     c.complete(id, 1, success(vec![file(out, "q", "r", 100)]), T0)
         .expect("commit");
     assert!(c.repick.contains("t"));
+}
+
+// ---- ordered flush commits and table assignment -----------------------------------------
+
+/// The flush of the memtable holding seqs `after+1..=last`.
+fn chained_flush(memtable_id: u64, after: u64, last: u64) -> TaskSpec {
+    TaskSpec::MemtableFlush {
+        table: "t".into(),
+        memtable_id,
+        replayer_address: "r:1".into(),
+        first_seq: after + 1,
+        last_seq: last,
+        after_seq: after,
+        replay_task_id: 0,
+    }
+}
+
+#[test]
+fn flushes_commit_in_sequence_order_and_the_checkpoint_only_covers_a_contiguous_prefix() {
+    let (mut c, _, _) = setup();
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let third = c
+        .submit(chained_flush(3, 30, 40), 100, T0)
+        .expect("3 (after a gap)");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 2, "two flushers, one slot each");
+    let out = |id: u64, d: &[Dispatch]| {
+        d.iter()
+            .find(|x| x.task_id == id)
+            .map(|x| x.output_file_ids[0])
+            .expect("dispatched")
+    };
+    let (out1, out2) = (out(first, &d), out(second, &d));
+    // The later memtable finishes first: staged, nothing visible, checkpoint unchanged.
+    c.complete(second, 1, success(vec![file(out2, "a", "m", 20)]), T0 + 10)
+        .expect("staged");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!((m.checkpoint, m.levels.levels[0].len()), (0, 0));
+    assert_eq!(c.task(second).map(|t| t.state), Some(TaskState::Running));
+    // Its worker's slot is free again: the third flush is dispatched.
+    let d3 = c.tick(T0 + 20);
+    assert_eq!(
+        d3.iter().map(|d| d.task_id).collect::<Vec<_>>(),
+        vec![third]
+    );
+    // Staged work does not expire while it waits for its turn.
+    let live: Vec<u64> = c.workers().map(|w| w.record.id).collect();
+    for w in &live {
+        c.heartbeat(*w, &[], T0 + 5000);
+    }
+    c.tick(T0 + 5000);
+    assert_eq!(c.task(second).map(|t| t.state), Some(TaskState::Running));
+    // The earlier one commits: both land, in order, and the checkpoint covers both.
+    c.complete(first, 1, success(vec![file(out1, "a", "z", 10)]), T0 + 5010)
+        .expect("commit");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!(m.checkpoint, 20);
+    assert_eq!(
+        m.levels.levels[0].iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![out2, out1],
+        "L0 newest first"
+    );
+    assert_eq!(m.version, 3, "one version per commit");
+    assert_eq!(c.task(second).map(|t| t.state), Some(TaskState::Succeeded));
+    // The third starts after 30, past the checkpoint (20): it waits, whatever happens.
+    let out3 = d3[0].output_file_ids[0];
+    c.complete(third, 1, success(vec![file(out3, "n", "p", 40)]), T0 + 5020)
+        .expect("staged");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!((m.checkpoint, m.levels.levels[0].len()), (20, 2));
+    // Cancelling a staged flush drops its result: its files become orphans.
+    c.cancel(third, T0 + 5030).expect("cancel");
+    assert_eq!(c.manifest("t").map(|m| m.levels.levels[0].len()), Some(2));
+}
+
+#[test]
+fn every_table_gets_a_replay_that_starts_at_the_checkpoint_current_at_dispatch() {
+    let mut config = cfg();
+    config.assign_replays = true;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("t");
+    c.create_table("u", vec![], T0).expect("u");
+    // No replayer yet: the replays wait in the queue.
+    assert!(c.tick(T0).is_empty());
+    let replays: Vec<u64> = c
+        .tasks()
+        .filter(|t| t.kind() == TaskKind::WalReplay)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(replays.len(), 2);
+    // A flush of `t` commits meanwhile (an earlier replayer's), moving the checkpoint.
+    let f = c
+        .register_worker("flusher", "f", "f:1", 1, "v", T0)
+        .expect("f");
+    let fl = c.submit(chained_flush(1, 0, 10), 100, T0).expect("flush");
+    let d = c.tick(T0 + 1);
+    let out = d[0].output_file_ids[0];
+    c.complete(fl, 1, success(vec![file(out, "a", "b", 10)]), T0 + 2)
+        .expect("commit");
+    let r = c
+        .register_worker("replayer", "r", "r:1", 4, "v", T0 + 3)
+        .expect("r");
+    let d = c.tick(T0 + 3);
+    assert_eq!(d.len(), 2);
+    for x in &d {
+        let TaskSpec::WalReplay {
+            table, checkpoint, ..
+        } = &x.spec
+        else {
+            panic!("not a replay: {x:?}");
+        };
+        assert_eq!(*checkpoint, if table == "t" { 10 } else { 0 }, "{table}");
+        assert_eq!(x.worker_id, r);
+    }
+    assert_eq!(
+        c.table("t").map(|t| t.replayer_address.as_str()),
+        Some("r:1")
+    );
+    // Nothing to do for a long time: a replay is never "stuck".
+    let mut now = T0 + 3;
+    for _ in 0..20 {
+        now += 900;
+        c.heartbeat(r, &[], now);
+        c.heartbeat(f, &[], now);
+        assert!(c.tick(now).is_empty());
+    }
+    assert!(
+        replays
+            .iter()
+            .all(|id| c.task(*id).map(|t| t.state) == Some(TaskState::Running))
+    );
+    // Only the replay attempt holding the table may ask for flushes.
+    let (task, attempt, worker) = c.replay_owner("t").expect("owner");
+    assert_eq!(worker, r);
+    c.check_flush_request("t", task, attempt)
+        .expect("owner may");
+    assert!(matches!(
+        c.check_flush_request("t", task, attempt + 1),
+        Err(CoreError::Refused(_))
+    ));
+    // TriggerFlush reaches the owner with its next heartbeat, once.
+    c.request_freeze("t").expect("freeze");
+    assert_eq!(c.heartbeat(r, &[], now).freeze, vec!["t".to_owned()]);
+    assert!(c.heartbeat(r, &[], now).freeze.is_empty());
+}
+
+#[test]
+fn a_replayer_that_dies_loses_its_tables_and_their_pending_flushes_beyond_max_attempts() {
+    let mut config = cfg();
+    config.assign_replays = true;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("t");
+    let r1 = c
+        .register_worker("replayer", "r1", "r1:1", 4, "v", T0)
+        .expect("r1");
+    let replay = c.tick(T0)[0].task_id;
+    // A flush is queued for one of its memtables (no flusher yet).
+    let (task, attempt, _) = c.replay_owner("t").expect("owner");
+    c.check_flush_request("t", task, attempt).expect("owner");
+    let fl = c.submit(chained_flush(1, 0, 10), 100, T0).expect("flush");
+    // The replayer dies and restarts, again and again: more often than max_attempts (3).
+    let mut now = T0;
+    let mut last = r1;
+    for i in 0..5 {
+        now += 2000;
+        last = c
+            .register_worker("replayer", "r", &format!("r{i}:1"), 4, "v", now)
+            .expect("r");
+        c.tick(now);
+        now += 1100;
+        c.heartbeat(last, &[], now);
+        let d = c.tick(now);
+        assert!(d.iter().all(|x| x.task_id == replay), "{d:?}");
+    }
+    let t = c.task(replay).expect("replay");
+    assert_eq!(
+        t.state,
+        TaskState::Running,
+        "a replay is retried for as long as it takes"
+    );
+    assert!(t.attempt > 3);
+    assert_eq!(c.replay_owner("t").map(|o| o.2), Some(last));
+    // The dead replayer's memtable cannot be streamed any more: its flush was cancelled.
+    assert_eq!(c.task(fl).map(|t| t.state), Some(TaskState::Cancelled));
+    // A request quoting the old attempt is refused.
+    assert!(c.check_flush_request("t", task, attempt).is_err());
 }
