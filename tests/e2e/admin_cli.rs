@@ -69,7 +69,13 @@ async fn every_command_in_text_and_json() {
         let text = ok_text(&addr, &["status", "--service", "data-processor"]);
         assert!(text.contains("flusher") && text.contains("alive"), "{text}");
         let status = ok_json(&addr, &["status"]);
-        assert_eq!(status["workers"][0]["kind"], "flusher");
+        let kinds: Vec<&str> = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"flusher") && kinds.contains(&"replayer"), "{kinds:?}");
         assert_eq!(status["tables"], 1);
         // Two flushes and no compactor: L0 grows, and the forecast says when it would stall.
         let f = &status["forecast"][0];
