@@ -75,7 +75,10 @@ async fn every_command_in_text_and_json() {
             .iter()
             .map(|w| w["kind"].as_str().unwrap())
             .collect();
-        assert!(kinds.contains(&"flusher") && kinds.contains(&"replayer"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"flusher") && kinds.contains(&"replayer"),
+            "{kinds:?}"
+        );
         assert_eq!(status["tables"], 1);
         // Two flushes and no compactor: L0 grows, and the forecast says when it would stall.
         let f = &status["forecast"][0];

@@ -118,6 +118,9 @@ pub enum TaskSpec {
         /// The WalReplay task under which the replayer holds the memtable.
         #[serde(default)]
         replay_task_id: u64,
+        /// Approximate bytes of the memtable.
+        #[serde(default)]
+        size_bytes: u64,
     },
     Compaction {
         table: String,

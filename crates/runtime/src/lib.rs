@@ -336,3 +336,17 @@ mod tests {
         assert_eq!(args, ["bin", "--config=/etc/x.yaml", "--config", "y"]);
     }
 }
+
+/// The shared storage named by `storage.url` (and `storage.s3`), as every service opens it.
+pub fn open_storage(config: &Config) -> anyhow::Result<storage::Storage> {
+    let s3 = &config.storage.s3;
+    let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    let options = storage::S3Options {
+        endpoint: non_empty(&s3.endpoint),
+        region: non_empty(&s3.region),
+        allow_http: s3.allow_http.then_some(true),
+        ..Default::default()
+    };
+    storage::Storage::from_url(&config.storage.url, &options)
+        .map_err(|e| anyhow::anyhow!("storage.url {:?}: {e}", config.storage.url))
+}

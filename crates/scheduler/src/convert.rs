@@ -175,6 +175,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             first_seq,
             last_seq,
             after_seq,
+            size_bytes,
             ..
         } => Spec::Flush(pb::FlushSpec {
             table: table.clone(),
@@ -184,6 +185,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             last_seq: *last_seq,
             output_file_ids: output_file_ids.to_vec(),
             after_seq: *after_seq,
+            size_bytes: *size_bytes,
         }),
         TaskSpec::Compaction {
             table,

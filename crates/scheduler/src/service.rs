@@ -650,6 +650,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             last_seq: req.last_seq,
             after_seq: req.after_seq,
             replay_task_id,
+            size_bytes: req.size_bytes,
         };
         let priority = priority_of(&spec);
         let id = self

@@ -43,6 +43,7 @@ fn flush_spec(memtable_id: u64, last_seq: u64) -> TaskSpec {
         // Commits as soon as it completes (ordering has its own tests).
         after_seq: 0,
         replay_task_id: 0,
+        size_bytes: 0,
     }
 }
 
@@ -610,6 +611,7 @@ fn chained_flush(memtable_id: u64, after: u64, last: u64) -> TaskSpec {
         last_seq: last,
         after_seq: after,
         replay_task_id: 0,
+        size_bytes: 0,
     }
 }
 
