@@ -9,6 +9,7 @@
 //! service binaries) or for all four in one process (`data-processor`).
 
 pub mod config;
+pub mod failpoint;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

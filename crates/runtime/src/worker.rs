@@ -147,6 +147,11 @@ pub struct AttemptGuard {
 }
 
 impl AttemptGuard {
+    /// The (task, attempt) this guard holds.
+    pub fn key(&self) -> (u64, u32) {
+        self.key
+    }
+
     /// Updates the progress the next heartbeat reports.
     pub fn progress(&self, update: impl FnOnce(&mut TaskProgress)) {
         if let Some((p, _)) = self.owner.lock().attempts.get_mut(&self.key) {
@@ -307,7 +312,28 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let heartbeats = spawn_heartbeats(&ctx, kind, attempts)?;
+    serve_worker_with(ctx, kind, attempts, service).await
+}
+
+/// [`serve_worker`] with a heartbeat source of the worker's own (a replayer reports its
+/// tables and acts on checkpoints).
+pub async fn serve_worker_with<S>(
+    ctx: crate::ServiceContext,
+    kind: WorkerKind,
+    source: Arc<dyn HeartbeatSource>,
+    service: S,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+        + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let heartbeats = spawn_heartbeats(&ctx, kind, source)?;
     let (health, router) = crate::grpc::router(&ctx.config.server)?;
     health.set_serving::<S>().await;
     router

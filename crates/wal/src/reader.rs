@@ -132,6 +132,7 @@ impl WalReader {
             batch_size: batch_size.max(1),
             fetches: Some(fetches),
             pending: VecDeque::new(),
+            failed: None,
             report: RecoveryReport {
                 segments_skipped: start,
                 ..RecoveryReport::default()
@@ -184,6 +185,8 @@ pub struct WalChunks {
     /// `None` once every segment has been read, the read stopped, or failed.
     fetches: Option<BoxStream<'static, Fetched>>,
     pending: VecDeque<WalEntry>,
+    /// An error met while entries before it were still pending: returned once they are out.
+    failed: Option<WalError>,
     report: RecoveryReport,
 }
 
@@ -201,7 +204,8 @@ impl std::fmt::Debug for WalChunks {
 }
 
 impl WalChunks {
-    /// The next chunk of entries, `Ok(None)` at the end. After an error the read is over:
+    /// The next chunk of entries, `Ok(None)` at the end. Damage is returned as an error
+    /// after every entry of the intact segments before it; after an error the read is over:
     /// later calls return `Ok(None)`.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<WalEntry>>, WalError> {
         while self.pending.len() < self.batch_size {
@@ -213,13 +217,17 @@ impl WalChunks {
                 break;
             };
             if let Err(err) = self.decode(fetched) {
+                // The entries of earlier (intact) segments still go out first.
                 self.fetches = None;
-                self.pending.clear();
-                return Err(err);
+                self.failed = Some(err);
+                break;
             }
         }
         if self.pending.is_empty() {
-            return Ok(None);
+            return match self.failed.take() {
+                Some(err) => Err(err),
+                None => Ok(None),
+            };
         }
         let n = self.batch_size.min(self.pending.len());
         Ok(Some(self.pending.drain(..n).collect()))
