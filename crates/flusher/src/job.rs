@@ -140,6 +140,8 @@ async fn finish(
                 duration_ms = started.elapsed().as_millis() as u64,
                 "memtable flushed"
             );
+            // Crash tests stop here: the SST is written, the scheduler does not know it.
+            runtime::failpoint::hit("flusher.before_complete").await;
             let file = report::file_meta(attempt.spec.file_id, &flushed.info, flushed.size);
             report::success(
                 attempt.task_id,
