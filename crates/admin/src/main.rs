@@ -1,10 +1,26 @@
-//! `storage-admin`: the operator CLI. Every command is one call (or a few) of the
-//! scheduler's Admin API — the same methods grpcurl reaches through reflection. Human
-//! output by default, `--json` for scripts; exit codes scripts can use:
-//! 0 ok, 1 the scheduler refused (the status is printed), 2 usage, 3 scheduler unreachable.
+//! `storage-admin`: the operator CLI. Human output by default, `--json` for scripts; exit
+//! codes scripts can use: 0 ok, 1 the scheduler refused (the status is printed) or the
+//! operation failed (the reason is printed), 2 usage, 3 scheduler (or replayer) unreachable.
+//!
+//! Commands:
+//!
+//! - cluster: `status`, `metrics`, `processor queue-status`, `tables list|create|drop`,
+//!   `manifest`, `tasks list|show|cancel`, `compact`, `plan`, `wal replay`. Each is one call
+//!   (or a few) of the scheduler's Admin API — the same methods grpcurl reaches through
+//!   reflection.
+//! - data: `put`, `delete` (one write batch appended to the table's WAL on shared storage,
+//!   printed with its sequence number once durable), `get`, `scan` (the newest version of
+//!   each key, SSTs and the replayer's memtables merged: see `data`), and `load` (a seeded
+//!   load generator with an oracle of acknowledged writes: see `load`). They reach shared
+//!   storage at `--storage-url`, or at the URL the scheduler reports.
+//!
+//! The pure parts (oracle format and reader, read merge, workload) are the `admin` library.
 
+mod data;
+mod load;
 mod output;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,6 +43,10 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Shared storage (file:///path or s3://bucket/prefix) for the data commands (default:
+    /// the URL the scheduler reports). s3 credentials come from the AWS_* environment.
+    #[arg(long, global = true, env = "DP__STORAGE__URL")]
+    storage_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +130,103 @@ enum Command {
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+    /// Write a key: one batch appended to the table's WAL; prints its sequence number once
+    /// it is durable.
+    ///
+    /// Example: `storage-admin put orders order-17 '{"qty":3}'`
+    Put {
+        table: String,
+        key: String,
+        value: String,
+        /// KEY and VALUE are hex bytes.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Delete a key (a tombstone appended to the table's WAL); prints its sequence number.
+    ///
+    /// Example: `storage-admin delete orders order-17`
+    Delete {
+        table: String,
+        key: String,
+        /// KEY is hex bytes.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Read a key's newest value (SSTs and the replayer's memtables merged). Exit code 1
+    /// when the key does not exist or is deleted.
+    ///
+    /// Example: `storage-admin get orders order-17`
+    Get {
+        table: String,
+        key: String,
+        /// KEY is hex bytes, and the value is printed as hex.
+        #[arg(long)]
+        hex: bool,
+        /// Seconds to wait for the table's replayer to hold the table and to have applied
+        /// every write acknowledged before the read started.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+    },
+    /// The newest value of each key in [START, END), in key order (SSTs and the replayer's
+    /// memtables merged, deleted keys left out).
+    ///
+    /// Example: `storage-admin scan orders --start order-1 --end order-2 --limit 10`
+    Scan {
+        table: String,
+        /// First key (inclusive; default: the first key).
+        #[arg(long, default_value = "")]
+        start: String,
+        /// End key (exclusive; default: unbounded).
+        #[arg(long, default_value = "")]
+        end: String,
+        /// Keys at most.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// START and END are hex bytes, and keys and values are printed as hex.
+        #[arg(long)]
+        hex: bool,
+        /// Seconds to wait for the table's replayer (see `get --wait`).
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+    },
+    /// Load generator: `--keys` seeded writes spread over the tables, in batches, several
+    /// in flight per table; prints throughput and append latency. With `--oracle`, records
+    /// every acknowledged write as a JSON line (`{"table","seq","key","value"|null}`).
+    ///
+    /// Example: `storage-admin load orders users --keys 100000 --value-size 200
+    /// --overwrite-ratio 0.3 --delete-ratio 0.05 --rate 20000 --oracle /tmp/oracle.jsonl`
+    Load {
+        /// Tables to write (each must exist).
+        #[arg(required = true)]
+        tables: Vec<String>,
+        /// Writes in total, over all tables.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Fraction of writes that put to an already-written key.
+        #[arg(long, default_value_t = 0.0)]
+        overwrite_ratio: f64,
+        /// Fraction of writes that delete an already-written key.
+        #[arg(long, default_value_t = 0.0)]
+        delete_ratio: f64,
+        /// Writes per second over all tables (0 = unlimited).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Writes per batch (one WAL append).
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Batches in flight per table.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Seed of the keys and values (same seed, same writes).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// File to record acknowledged writes in (JSON lines; replaced if it exists).
+        #[arg(long)]
+        oracle: Option<PathBuf>,
     },
 }
 
@@ -271,9 +388,79 @@ async fn connect(address: &str) -> Result<pb::admin_client::AdminClient<Channel>
     Ok(pb::admin_client::AdminClient::new(channel))
 }
 
+/// `--wait` as a duration.
+fn wait_flag(seconds: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        Failure(
+            2,
+            format!("--wait {seconds}: must be a number of seconds >= 0"),
+        )
+    })
+}
+
 async fn run(cli: &Cli) -> Result<String, Failure> {
     let json = cli.json;
     Ok(match &cli.command {
+        Command::Put {
+            table,
+            key,
+            value,
+            hex,
+        } => {
+            let k = data::parse_arg("key", key, *hex)?;
+            let v = data::parse_arg("value", value, *hex)?;
+            data::write(cli, table, &k, Some(&v)).await?
+        }
+        Command::Delete { table, key, hex } => {
+            let k = data::parse_arg("key", key, *hex)?;
+            data::write(cli, table, &k, None).await?
+        }
+        Command::Get {
+            table,
+            key,
+            hex,
+            wait,
+        } => {
+            let k = data::parse_arg("key", key, *hex)?;
+            data::get(cli, table, &k, *hex, wait_flag(*wait)?).await?
+        }
+        Command::Scan {
+            table,
+            start,
+            end,
+            limit,
+            hex,
+            wait,
+        } => {
+            let s = data::parse_arg("--start", start, *hex)?;
+            let e = data::parse_arg("--end", end, *hex)?;
+            data::scan(cli, table, &s, &e, *limit, *hex, wait_flag(*wait)?).await?
+        }
+        Command::Load {
+            tables,
+            keys,
+            value_size,
+            overwrite_ratio,
+            delete_ratio,
+            rate,
+            batch_size,
+            concurrency,
+            seed,
+            oracle,
+        } => {
+            let spec = admin::LoadSpec {
+                tables: tables.clone(),
+                writes: *keys,
+                value_size: *value_size,
+                overwrite_ratio: *overwrite_ratio,
+                delete_ratio: *delete_ratio,
+                batch_size: *batch_size,
+                concurrency: *concurrency,
+                rate: *rate,
+                seed: *seed,
+            };
+            load::load(cli, spec, oracle.as_deref()).await?
+        }
         Command::Metrics { service, http } => metrics(cli, service, http.as_deref()).await?,
         Command::Status { .. } => {
             let mut admin = connect(&cli.scheduler).await?;

@@ -343,3 +343,95 @@ pub fn metrics(service: &str, body: &str, as_json: bool) -> String {
     }
     render(text, json!({ "service": service, "metrics": map }), as_json)
 }
+
+/// A key or value for output: hex (no prefix) with `--hex`, else as [`key`] renders it.
+pub fn bytes_text(b: &[u8], hex: bool) -> String {
+    if hex {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    } else {
+        key(b)
+    }
+}
+
+/// An acknowledged `put` or `delete`.
+pub fn written(op: &str, table: &str, k: &[u8], seq: u64, as_json: bool) -> String {
+    render(
+        format!("{op} {} in table {table}: seq {seq}", key(k)),
+        json!({ "op": op, "table": table, "key": key(k), "seq": seq }),
+        as_json,
+    )
+}
+
+/// `get`: the value alone, or `{"key","value","seq"}`.
+pub fn value(v: &admin::Version, hex: bool, as_json: bool) -> String {
+    let value = v.value.as_deref().unwrap_or_default();
+    render(
+        bytes_text(value, hex),
+        json!({ "key": bytes_text(&v.key, hex), "value": bytes_text(value, hex), "seq": v.seq }),
+        as_json,
+    )
+}
+
+/// `scan`: `key<TAB>value` lines, or an array of `{"key","value","seq"}`.
+pub fn scan(vs: &[admin::Version], hex: bool, as_json: bool) -> String {
+    let text: Vec<String> = vs
+        .iter()
+        .map(|v| {
+            format!(
+                "{}\t{}",
+                bytes_text(&v.key, hex),
+                bytes_text(v.value.as_deref().unwrap_or_default(), hex)
+            )
+        })
+        .collect();
+    let rows: Vec<Value> = vs
+        .iter()
+        .map(|v| {
+            json!({
+                "key": bytes_text(&v.key, hex),
+                "value": bytes_text(v.value.as_deref().unwrap_or_default(), hex),
+                "seq": v.seq,
+            })
+        })
+        .collect();
+    render(text.join("\n"), Value::Array(rows), as_json)
+}
+
+/// `load`'s summary (built by the load module as JSON).
+pub fn load(s: &Value, as_json: bool) -> String {
+    let f = |k: &str| s[k].as_f64().unwrap_or_default();
+    let u = |k: &str| s[k].as_u64().unwrap_or_default();
+    let tables: Vec<String> = s["tables"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    format!(
+                        "{} ({} writes, last seq {})",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["writes"].as_u64().unwrap_or_default(),
+                        t["last_seq"].as_u64().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut text = format!(
+        "{} writes ({} puts, {} deletes) in {} batches, {} bytes in {:.2} s: {:.0} writes/s, {:.2} MB/s; append latency p50 {:.2} ms, p99 {:.2} ms\ntables: {}",
+        u("writes"),
+        u("puts"),
+        u("deletes"),
+        u("batches"),
+        u("bytes"),
+        f("seconds"),
+        f("writes_per_sec"),
+        f("mb_per_sec"),
+        s["latency_ms"]["p50"].as_f64().unwrap_or_default(),
+        s["latency_ms"]["p99"].as_f64().unwrap_or_default(),
+        tables.join(", ")
+    );
+    if let Some(o) = s["oracle"].as_str() {
+        text.push_str(&format!("\noracle: {o}"));
+    }
+    render(text, s.clone(), as_json)
+}
