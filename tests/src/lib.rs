@@ -5,6 +5,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 pub mod cluster;
+pub mod data;
 pub mod fake;
 
 use std::io::{Read, Write};

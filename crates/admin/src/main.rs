@@ -109,6 +109,15 @@ enum Command {
         #[arg(long)]
         level: Option<u32>,
     },
+    /// Flush now: the replayer holding the table freezes its active memtable and asks for
+    /// its flush (the MemtableFlush task appears after its next heartbeat).
+    ///
+    /// Example: `storage-admin flush orders` (no table: every table)
+    Flush {
+        /// Table (default: every table).
+        #[arg(default_value = "")]
+        table: String,
+    },
     /// What-if: the compactions the pickers would create on the current manifest with a
     /// proposed configuration, with estimates and skipped files. Dispatches nothing.
     ///
@@ -573,6 +582,16 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                     level: *level,
                     range: None,
                     force: *force,
+                })
+                .await?
+                .into_inner();
+            output::trigger(&r, json)
+        }
+        Command::Flush { table } => {
+            let r = connect(&cli.scheduler)
+                .await?
+                .trigger_flush(pb::TriggerFlushRequest {
+                    table: table.clone(),
                 })
                 .await?
                 .into_inner();

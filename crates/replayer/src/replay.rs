@@ -167,9 +167,7 @@ pub fn recovery_mode(spec: i32, configured: runtime::config::RecoveryMode) -> Re
             runtime::config::RecoveryMode::TolerateCorruptedTail => {
                 RecoveryMode::TolerateCorruptedTail
             }
-            runtime::config::RecoveryMode::AbsoluteConsistency => {
-                RecoveryMode::AbsoluteConsistency
-            }
+            runtime::config::RecoveryMode::AbsoluteConsistency => RecoveryMode::AbsoluteConsistency,
             runtime::config::RecoveryMode::PointInTime => RecoveryMode::PointInTime,
             runtime::config::RecoveryMode::SkipCorrupted => RecoveryMode::SkipCorrupted,
         },
@@ -198,7 +196,9 @@ mod tests {
             w.append(b).await.expect("append");
         }
         let mut segs = storage
-            .list(&storage::paths::wal_dir(&storage::TableName::new("t").expect("name")))
+            .list(&storage::paths::wal_dir(
+                &storage::TableName::new("t").expect("name"),
+            ))
             .await
             .expect("list");
         segs.sort_by(|a, b| a.location.cmp(&b.location));
@@ -237,7 +237,11 @@ mod tests {
         let out = run(&storage, RecoveryMode::TolerateCorruptedTail, &st).await;
         assert!(matches!(out, PassOutcome::CaughtUp { .. }), "{out:?}");
         let st = st.lock().expect("lock");
-        assert_eq!(st.applied_seq(), 8, "the torn last record (seqs 9, 10) is dropped");
+        assert_eq!(
+            st.applied_seq(),
+            8,
+            "the torn last record (seqs 9, 10) is dropped"
+        );
         let m = st.memtables();
         assert!(crate::table::get(&m, b"k3b").is_some());
         assert!(crate::table::get(&m, b"k4a").is_none());

@@ -360,7 +360,10 @@ mod tests {
         t.apply(4, ValueKind::Delete, b"b", b"", 0).expect("delete");
         put(&mut t, 5, "c", "1");
         let m = t.memtables();
-        assert_eq!(get(&m, b"a").map(|v| (v.value, v.seq)), Some(("2".into(), 3)));
+        assert_eq!(
+            get(&m, b"a").map(|v| (v.value, v.seq)),
+            Some(("2".into(), 3))
+        );
         assert!(get(&m, b"b").is_some_and(|v| v.tombstone && v.seq == 4));
         assert!(get(&m, b"z").is_none());
         let (all, cut) = scan(&m, b"", b"", 10).expect("scan");
@@ -370,7 +373,11 @@ mod tests {
             .collect();
         assert_eq!(
             seen,
-            vec![(&b"a"[..], 3, false), (&b"b"[..], 4, true), (&b"c"[..], 5, false)]
+            vec![
+                (&b"a"[..], 3, false),
+                (&b"b"[..], 4, true),
+                (&b"c"[..], 5, false)
+            ]
         );
         assert!(!cut);
         let (some, cut) = scan(&m, b"b", b"c", 10).expect("scan");
@@ -404,7 +411,11 @@ mod tests {
     #[test]
     fn freeze_triggers_size_age_and_request() {
         let mut t = TableState::new("t", 0, 1, 0);
-        assert_eq!(t.freeze_due(&LIMITS, 1_000_000), None, "empty never freezes");
+        assert_eq!(
+            t.freeze_due(&LIMITS, 1_000_000),
+            None,
+            "empty never freezes"
+        );
         t.apply(1, ValueKind::Put, b"a", b"1", 500).expect("apply");
         assert_eq!(t.freeze_due(&LIMITS, 1000), None);
         assert_eq!(t.freeze_due(&LIMITS, 1500), Some(FreezeReason::Age));

@@ -22,7 +22,11 @@ pub fn parse(spec: &str) -> Vec<(String, Action)> {
                 "pause" => Action::Pause,
                 "abort" => Action::Abort,
                 other => {
-                    tracing::warn!(failpoint = name, action = other, "unknown failpoint action ignored");
+                    tracing::warn!(
+                        failpoint = name,
+                        action = other,
+                        "unknown failpoint action ignored"
+                    );
                     return None;
                 }
             };
@@ -65,7 +69,10 @@ mod tests {
     fn specs_parse_and_bad_actions_are_ignored() {
         assert_eq!(
             parse("a=pause, b = abort,c=explode,nonsense"),
-            vec![("a".to_owned(), Action::Pause), ("b".to_owned(), Action::Abort)]
+            vec![
+                ("a".to_owned(), Action::Pause),
+                ("b".to_owned(), Action::Abort)
+            ]
         );
         assert!(parse("").is_empty());
     }

@@ -659,7 +659,8 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 c.check_flush_request(spec.table(), replay_task_id, replay_attempt)?;
                 // Already durable (the replayer has not heard of the commit yet): no task.
                 if let TaskSpec::MemtableFlush { last_seq, .. } = &spec
-                    && c.manifest(spec.table()).is_some_and(|m| m.checkpoint >= *last_seq)
+                    && c.manifest(spec.table())
+                        .is_some_and(|m| m.checkpoint >= *last_seq)
                 {
                     return Ok(0);
                 }
