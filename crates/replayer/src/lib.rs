@@ -185,7 +185,9 @@ async fn replay_table(
         {
             let now = now_ms();
             let mut st = lock(&state);
-            if st.freeze_due(&limits, now).is_some() {
+            // At the frozen cap nothing more is frozen (memory stays bounded); the
+            // age or operator trigger fires again once a flush commits.
+            if st.freeze_due(&limits, now).is_some() && !st.is_stalled(&limits) {
                 let id = shared.ids.fetch_add(1, Ordering::Relaxed);
                 if st.freeze(id, now).is_some() {
                     shared.flush_wake.notify_one();

@@ -9,7 +9,7 @@ use lsm::SeqNo;
 use storage::Storage;
 use wal::{RecoveryMode, WalError, WalReader};
 
-use crate::table::{Frozen, Limits, TableState};
+use crate::table::{FreezeReason, Frozen, Limits, TableState};
 
 /// How a pass ended.
 #[derive(Debug)]
@@ -81,7 +81,10 @@ pub async fn pass(
             // The newest segment starts at or below the log's head.
             st.wal_head_seq = st.wal_head_seq.max(n);
         }
-        if st.is_stalled(&input.limits) {
+        // At the cap with a full active memtable: nothing can be applied (do not even read).
+        if st.is_stalled(&input.limits)
+            && st.freeze_due(&input.limits, (input.now_ms)()) == Some(FreezeReason::Size)
+        {
             return PassOutcome::Stalled;
         }
     }
@@ -96,6 +99,18 @@ pub async fn pass(
                 let mut st = lock();
                 for e in &entries {
                     let now = (input.now_ms)();
+                    // Freeze before an insert would go over the size: the active memtable
+                    // never exceeds it by more than one entry. At the frozen cap, stop
+                    // applying instead (backpressure); the next pass resumes here.
+                    if st.freeze_due(&input.limits, now) == Some(FreezeReason::Size) {
+                        if st.is_stalled(&input.limits) {
+                            return PassOutcome::Stalled;
+                        }
+                        let id = input.ids.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = st.freeze(id, now) {
+                            frozen.push(f);
+                        }
+                    }
                     match st.apply(e.seq, e.kind, &e.key, &e.value, now) {
                         Ok(true) => {
                             stats.entries += 1;
@@ -112,18 +127,6 @@ pub async fn pass(
                             });
                         }
                     }
-                    if st
-                        .freeze_due(&input.limits, now)
-                        .is_some_and(|r| r == crate::table::FreezeReason::Size)
-                    {
-                        let id = input.ids.fetch_add(1, Ordering::Relaxed);
-                        if let Some(f) = st.freeze(id, now) {
-                            frozen.push(f);
-                        }
-                    }
-                }
-                if st.is_stalled(&input.limits) {
-                    return PassOutcome::Stalled;
                 }
             }
             Ok(None) => break,
