@@ -321,22 +321,19 @@ impl FakeReplayer {
                         tables: Vec::new(),
                     })
                     .await;
-                match reply {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        if let Ok(mut h) = beat_held.lock() {
-                            h.retain(|_, (t, a)| {
-                                !r.cancel.iter().any(|c| c.task_id == *t && c.attempt == *a)
-                            });
-                        }
-                        if r.reregister
-                            && let Ok(resp) = scheduler.register_worker(register.clone()).await
-                        {
-                            worker_id = resp.into_inner().worker_id;
-                        }
+                // An error: the scheduler is restarting; keep trying.
+                if let Ok(r) = reply {
+                    let r = r.into_inner();
+                    if let Ok(mut h) = beat_held.lock() {
+                        h.retain(|_, (t, a)| {
+                            !r.cancel.iter().any(|c| c.task_id == *t && c.attempt == *a)
+                        });
                     }
-                    // The scheduler is restarting: keep trying.
-                    Err(_) => {}
+                    if r.reregister
+                        && let Ok(resp) = scheduler.register_worker(register.clone()).await
+                    {
+                        worker_id = resp.into_inner().worker_id;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -327,17 +327,6 @@ pub async fn wait_for_signal() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_config_flag_is_accepted() {
-        let args = normalize_args(["bin", "-config=/etc/x.yaml", "-config", "y"].map(String::from));
-        assert_eq!(args, ["bin", "--config=/etc/x.yaml", "--config", "y"]);
-    }
-}
-
 /// The shared storage named by `storage.url` (and `storage.s3`), as every service opens it.
 pub fn open_storage(config: &Config) -> anyhow::Result<storage::Storage> {
     let s3 = &config.storage.s3;
@@ -350,4 +339,15 @@ pub fn open_storage(config: &Config) -> anyhow::Result<storage::Storage> {
     };
     storage::Storage::from_url(&config.storage.url, &options)
         .map_err(|e| anyhow::anyhow!("storage.url {:?}: {e}", config.storage.url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_config_flag_is_accepted() {
+        let args = normalize_args(["bin", "-config=/etc/x.yaml", "-config", "y"].map(String::from));
+        assert_eq!(args, ["bin", "--config=/etc/x.yaml", "--config", "y"]);
+    }
 }
