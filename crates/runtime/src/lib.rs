@@ -337,8 +337,23 @@ pub fn open_storage(config: &Config) -> anyhow::Result<storage::Storage> {
         allow_http: s3.allow_http.then_some(true),
         ..Default::default()
     };
-    storage::Storage::from_url(&config.storage.url, &options)
+    let url = absolute_storage_url(&config.storage.url);
+    storage::Storage::from_url(&url, &options)
         .map_err(|e| anyhow::anyhow!("storage.url {:?}: {e}", config.storage.url))
+}
+
+/// `storage.url` with a relative `file://` path (the default `file://./data/storage`) made
+/// absolute against the working directory, so every process and client means the same
+/// directory.
+pub fn absolute_storage_url(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("file://")
+        && !path.starts_with('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        let joined = cwd.join(path.trim_start_matches("./"));
+        return format!("file://{}", joined.display());
+    }
+    url.to_owned()
 }
 
 #[cfg(test)]

@@ -733,7 +733,7 @@ impl pb::admin_server::Admin for AdminApi {
                     running_tasks: counts.values().map(|k| k.running as u32).sum(),
                     pending_tasks: counts.values().map(|k| k.pending as u32).sum(),
                     tables: c.tables().count() as u32,
-                    storage_url: absolute_storage_url(&s.config.storage.url),
+                    storage_url: runtime::absolute_storage_url(&s.config.storage.url),
                 }
             })
             .await;
@@ -1222,17 +1222,4 @@ impl pb::admin_server::Admin for AdminApi {
             .await
             .map(Response::new)
     }
-}
-
-/// `storage.url` as a client on another working directory can use it: a relative
-/// `file://` path is made absolute.
-pub fn absolute_storage_url(url: &str) -> String {
-    if let Some(path) = url.strip_prefix("file://")
-        && !path.starts_with('/')
-        && let Ok(cwd) = std::env::current_dir()
-    {
-        let joined = cwd.join(path.trim_start_matches("./"));
-        return format!("file://{}", joined.display());
-    }
-    url.to_owned()
 }
