@@ -72,6 +72,26 @@ impl pb::compactor_server::Compactor for Sink {
             pb::task_spec::Spec::Compaction(spec),
         )
     }
+
+    // The scheduler's periodic work goes elsewhere: a fake compactor is always "busy" for it
+    // (the scheduler requeues without counting a failure), so tests see only compactions.
+    async fn run_cleanup(
+        &self,
+        _r: Request<pb::RunCleanupRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        Err(Status::resource_exhausted(
+            "fake compactor: compactions only",
+        ))
+    }
+
+    async fn update_statistics(
+        &self,
+        _r: Request<pb::UpdateStatisticsRequest>,
+    ) -> Result<Response<pb::DispatchResponse>, Status> {
+        Err(Status::resource_exhausted(
+            "fake compactor: compactions only",
+        ))
+    }
 }
 
 /// A fake worker with a real gRPC server on 127.0.0.1.

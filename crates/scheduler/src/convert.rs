@@ -206,7 +206,8 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             output_file_ids: output_file_ids.to_vec(),
             io_bytes_per_sec: 0,
             reason: reason.clone(),
-            max_subcompactions: 1,
+            // The worker caps it at its processor.worker_count.
+            max_subcompactions: 16,
         }),
         TaskSpec::Cleanup {
             table,
@@ -414,10 +415,21 @@ pub fn dispatch_call(d: &Dispatch) -> DispatchCall {
             dispatch,
             spec: Some(spec),
         }),
-        Spec::Statistics(spec) => DispatchCall::Statistics(pb::UpdateStatisticsRequest {
-            dispatch,
-            spec: Some(spec),
-        }),
+        Spec::Statistics(mut spec) => {
+            spec.levels = levels_to_pb(&d.levels);
+            spec.columns = d
+                .columns
+                .iter()
+                .map(|c| pb::ColumnDef {
+                    name: c.name.clone(),
+                    r#type: c.kind.clone(),
+                })
+                .collect();
+            DispatchCall::Statistics(pb::UpdateStatisticsRequest {
+                dispatch,
+                spec: Some(spec),
+            })
+        }
     }
 }
 

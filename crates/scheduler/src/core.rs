@@ -120,6 +120,9 @@ pub struct Dispatch {
     pub address: String,
     pub spec: TaskSpec,
     pub output_file_ids: Vec<u64>,
+    /// StatisticsUpdate: the table's files at dispatch, by level, and its columns.
+    pub levels: Vec<(u32, Vec<FileMeta>)>,
+    pub columns: Vec<ColumnDef>,
 }
 
 /// What a worker reported when it finished an attempt.
@@ -180,6 +183,9 @@ pub struct Core {
     /// Tables whose manifest or compaction locks changed since the last pick: only their
     /// picks can differ.
     repick: BTreeSet<String>,
+    /// Tables whose files changed since their statistics were last queued, and when that was.
+    stats_dirty: BTreeSet<String>,
+    stats_queued_ms: HashMap<String, i64>,
     dirty: Dirty,
 }
 
@@ -232,6 +238,8 @@ impl Core {
             timer_expiries: (0, 0),
             forecast: crate::forecast::Tracker::default(),
             repick: BTreeSet::new(),
+            stats_dirty: BTreeSet::new(),
+            stats_queued_ms: HashMap::new(),
             dirty: Dirty::default(),
         };
         for (id, record) in snap.workers {
@@ -576,6 +584,79 @@ impl Core {
     fn manifest_changed(&mut self, table: &str) {
         self.dirty.manifests.insert(table.to_owned());
         self.repick.insert(table.to_owned());
+        self.stats_dirty.insert(table.to_owned());
+    }
+
+    /// Adds `delta` to the persisted counter `name`.
+    pub fn add_counter(&mut self, name: &str, delta: u64) {
+        *self.counters.entry(name.to_owned()).or_insert(0) += delta;
+        self.dirty.counters = true;
+    }
+
+    /// The persisted counter `name` (0 if never set).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Queues a StatisticsUpdate for every table whose files changed at least `settle_ms`
+    /// ago since its last one, or whose last one is `interval_ms` old, unless one is live.
+    /// Returns the tasks queued.
+    pub fn queue_statistics(&mut self, interval_ms: i64, settle_ms: i64, now_ms: i64) -> Vec<u64> {
+        let live: BTreeSet<String> = self
+            .live_tasks()
+            .filter(|t| t.kind() == TaskKind::StatisticsUpdate)
+            .map(|t| t.spec.table().to_owned())
+            .collect();
+        let due: Vec<String> = self
+            .tables
+            .keys()
+            .filter(|t| !live.contains(*t))
+            .filter(|t| {
+                let last = self.stats_queued_ms.get(*t).copied();
+                let changed = self.stats_dirty.contains(*t);
+                match last {
+                    // Never computed since start: once something changes (settled).
+                    None => changed,
+                    Some(last) => {
+                        (changed && now_ms - last >= settle_ms) || now_ms - last >= interval_ms
+                    }
+                }
+            })
+            .cloned()
+            .collect();
+        let mut queued = Vec::new();
+        for table in due {
+            let spec = TaskSpec::StatisticsUpdate {
+                table: table.clone(),
+            };
+            if let Ok(id) = self.submit(spec, 10, now_ms) {
+                self.stats_dirty.remove(&table);
+                self.stats_queued_ms.insert(table, now_ms);
+                queued.push(id);
+            }
+        }
+        queued
+    }
+
+    /// Every file id that is, or may become, part of a manifest: files of current manifests,
+    /// output ids allocated to any attempt of a live task, staged flush files. Cleanup never
+    /// deletes these (ids are never reused, so anything else is garbage for good).
+    pub fn referenced_file_ids(&self) -> BTreeSet<u64> {
+        let mut ids: BTreeSet<u64> = self
+            .manifests
+            .values()
+            .flat_map(|m| m.levels.levels.iter().flatten().map(|f| f.id))
+            .collect();
+        for t in self.live_tasks() {
+            for a in &t.attempts {
+                ids.extend(a.output_file_ids.iter().copied());
+            }
+            if let Some(files) = &t.staged_files {
+                ids.extend(files.iter().map(|f| f.id));
+            }
+            ids.extend(t.spec.input_file_ids());
+        }
+        ids
     }
 
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
@@ -1081,14 +1162,30 @@ impl Core {
                     self.dirty.tables.insert(table.clone());
                 }
             }
-            let dispatch = Dispatch {
+            let mut dispatch = Dispatch {
                 task_id: id,
                 attempt: task.attempt,
                 worker_id,
                 address,
                 spec: task.spec.clone(),
                 output_file_ids,
+                levels: Vec::new(),
+                columns: Vec::new(),
             };
+            if let TaskSpec::StatisticsUpdate { table } = &dispatch.spec {
+                if let Some(m) = self.manifests.get(table) {
+                    dispatch.levels = m
+                        .levels
+                        .levels
+                        .iter()
+                        .enumerate()
+                        .map(|(l, files)| (l as u32, files.clone()))
+                        .collect();
+                }
+                if let Some(t) = self.tables.get(table) {
+                    dispatch.columns = t.columns.clone();
+                }
+            }
             self.dirty.tasks.insert(id);
             self.progress.insert(
                 (id, dispatch.attempt),

@@ -464,6 +464,11 @@ pub async fn dispatch_loop(
                     c.prune_finished(10_000);
                 }
                 let (queued, moved) = c.plan_compactions(&state.strategy, all, now);
+                if all {
+                    let interval = state.config.statistics.interval.get().as_millis() as i64;
+                    // After a change, statistics wait for things to settle a little.
+                    c.queue_statistics(interval, interval.min(10_000), now);
+                }
                 if !queued.is_empty() || moved > 0 {
                     tracing::info!(
                         queued = queued.len(),
@@ -564,6 +569,19 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let req = request.into_inner();
+        // Bytes for the write-amplification counters: (ingested, written).
+        let io = match &req.outcome {
+            Some(pb::complete_task_request::Outcome::Result(r)) => match &r.result {
+                Some(pb::task_result::Result::Flush(f)) => {
+                    (f.bytes_read, f.files.iter().map(|f| f.size_bytes).sum())
+                }
+                Some(pb::task_result::Result::Compaction(c)) => {
+                    (0, c.outputs.iter().map(|f| f.size_bytes).sum())
+                }
+                _ => (0, 0),
+            },
+            _ => (0, 0),
+        };
         let outcome = convert::outcome_from_pb(req.outcome)?;
         let failed = matches!(outcome, crate::core::Outcome::Failure(_));
         // One pass through the core (one durability wait) for the commit and what the
@@ -574,7 +592,13 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 let t = c.task(req.task_id);
                 let kind = t.map(|t| t.kind());
                 let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
+                let table = t.map(|t| t.spec.table().to_owned()).unwrap_or_default();
                 let result = c.complete(req.task_id, req.attempt, outcome, now);
+                if result.is_ok() && !failed && !table.is_empty() {
+                    // A staged flush counts now: it commits (in order) later.
+                    c.add_counter(&format!("io:{table}:ingested"), io.0);
+                    c.add_counter(&format!("io:{table}:written"), io.1);
+                }
                 let state = c.task(req.task_id).map(|t| t.state);
                 (kind, started, result, state)
             })
@@ -1213,11 +1237,20 @@ impl pb::admin_server::Admin for AdminApi {
                 if c.table(&table).is_none() {
                     return Err(Status::not_found(format!("table {table:?} not found")));
                 }
-                c.stats(&table)
+                let mut stats = c
+                    .stats(&table)
                     .and_then(convert::stats_from_json)
                     .ok_or_else(|| {
                         Status::not_found(format!("table {table:?} has no statistics yet"))
-                    })
+                    })?;
+                // Write amplification from the scheduler's own counters: bytes written by
+                // flushes and compactions over bytes ingested (read from memtables).
+                let ingested = c.counter(&format!("io:{table}:ingested"));
+                let written = c.counter(&format!("io:{table}:written"));
+                if ingested > 0 {
+                    stats.write_amplification = written as f64 / ingested as f64;
+                }
+                Ok(stats)
             })
             .await
             .map(Response::new)
