@@ -1,24 +1,93 @@
 //! The compactor: a stateless worker that runs Compaction attempts (merging input SSTs into
 //! output SSTs) and the Cleanup and StatisticsUpdate work items, reporting each result to
 //! the scheduler with CompleteTask.
+//!
+//! Vocabulary: a *compaction spec* ([`request::CompactionSpec`]) says what should happen
+//! (which files of which table to merge into which level, under which output ids); the
+//! *task* is the scheduler's durable decision to do it; an *attempt*
+//! ([`request::CompactionAttempt`]) is one running try of the task, fenced by its number:
+//! the scheduler commits only the current attempt's report. A *subcompaction* is one key
+//! range of an attempt, merged on its own thread.
+//!
+//! Modules of CompactLevel, from the wire inwards:
+//! - [`request`] — the dispatch checked and converted (INVALID_ARGUMENT names the field);
+//! - [`job`] — the attempt's IO: free-space and input checks, the merge on blocking
+//!   threads, progress, report;
+//! - [`merge`] — the core, inputs in, outputs out: [`merge::compact`] is what the RPC,
+//!   the model tests and benchmarks run;
+//! - [`sources`] — the inputs as merge sources (one per L0 file, one lazily-opening
+//!   iterator per sorted level), bounded to a key range;
+//! - [`ranges`] — subcompaction key ranges of about equal input bytes;
+//! - [`store`] — where inputs are read and outputs written (storage or memory);
+//! - [`throttle`] — the IO budget;
+//! - [`error`] — why an attempt failed, mapped once to the reported `TaskError`;
+//! - [`report`] — CompleteTask with retries (shared by every work item of this worker);
+//! - [`observe`] — metrics;
+//! - [`testing`] — fixture SSTs for tests and benchmarks.
+
+pub mod error;
+pub mod job;
+pub mod merge;
+pub mod observe;
+pub mod ranges;
+pub mod report;
+pub mod request;
+pub mod sources;
+pub mod store;
+pub mod testing;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use proto::v1::compactor_server::{Compactor, CompactorServer};
-use proto::v1::{WorkerKind, WorkerStatus, WorkerStatusRequest};
+use proto::v1::scheduler_client::SchedulerClient;
+use proto::v1::{
+    CompactLevelRequest, DispatchResponse, WorkerKind, WorkerStatus, WorkerStatusRequest,
+};
 use runtime::ServiceContext;
-use runtime::worker::{RunningAttempts, serve_worker, service_info};
+use runtime::worker::{AttemptGuard, RunningAttempts, serve_worker, service_info};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::job::CompactionContext;
+use crate::observe::{CompactionMetrics, Outcome};
+use crate::report::Reported;
 
 struct CompactorApi {
     attempts: Arc<RunningAttempts>,
     advertised_address: String,
     started_at: Instant,
+    /// Parent of every attempt's cancellation token.
+    shutdown: CancellationToken,
+    compactions: Arc<CompactionContext>,
 }
 
 #[tonic::async_trait]
 impl Compactor for CompactorApi {
+    /// Accepts the attempt at once (or refuses it: INVALID_ARGUMENT, RESOURCE_EXHAUSTED when
+    /// every slot is busy) and runs it in the background; the result goes to CompleteTask.
+    async fn compact_level(
+        &self,
+        request: Request<CompactLevelRequest>,
+    ) -> Result<Response<DispatchResponse>, Status> {
+        let attempt = request::parse_compact_request(request.into_inner())?;
+        let guard = self
+            .attempts
+            .try_start(attempt.task_id, attempt.attempt, &self.shutdown)?;
+        tracing::info!(
+            task_id = attempt.task_id,
+            attempt = attempt.attempt,
+            table = %attempt.spec.table,
+            compaction = %attempt.spec.describe(),
+            reason = %attempt.spec.reason,
+            "compaction accepted"
+        );
+        spawn_compaction(self.compactions.clone(), attempt, guard);
+        Ok(Response::new(DispatchResponse { accepted: true }))
+    }
+
     async fn get_status(
         &self,
         _request: Request<WorkerStatusRequest>,
@@ -35,13 +104,69 @@ impl Compactor for CompactorApi {
     }
 }
 
+/// Runs the attempt in its own task, inside its span. If it panics (a bug), its slot is
+/// released by the unwinding guard and the attempt is reported as an internal error
+/// instead of vanishing until its lease expires.
+fn spawn_compaction(
+    ctx: Arc<CompactionContext>,
+    attempt: request::CompactionAttempt,
+    guard: AttemptGuard,
+) {
+    let span = job::attempt_span(&attempt);
+    let (task_id, attempt_no, spec) = (attempt.task_id, attempt.attempt, attempt.spec.clone());
+    let cancel = guard.cancel.clone();
+    let started = Instant::now();
+    let job = tokio::spawn(job::run_attempt(ctx.clone(), attempt, guard).instrument(span.clone()));
+    let supervisor = async move {
+        let Err(e) = job.await else { return };
+        if !e.is_panic() {
+            return;
+        }
+        tracing::error!("compaction attempt panicked: {e}");
+        ctx.metrics
+            .attempt_ended(Outcome::Failed, started.elapsed(), 0);
+        let error = error::CompactionError::Internal(format!("the attempt panicked: {e}"))
+            .to_task_error(&spec, attempt_no, job::now_ms());
+        let request = report::failure(task_id, attempt_no, ctx.attempts.worker_id(), error);
+        if let r @ (Reported::Refused(_) | Reported::GaveUp(_)) =
+            report::complete_task(ctx.scheduler.clone(), request, &cancel).await
+        {
+            tracing::warn!("could not report the panic: {r:?}");
+        }
+    };
+    tokio::spawn(supervisor.instrument(span));
+}
+
 /// Runs the compactor until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
-    let attempts = RunningAttempts::new(ctx.config.processor.worker_count);
+    let config = ctx.config.clone();
+    let attempts = RunningAttempts::new(config.processor.worker_count);
+    let storage = runtime::open_storage(&config)?;
+    let scheduler =
+        runtime::grpc::connect_lazy(&ctx.scheduler_endpoint, config.server.request_timeout.get())?;
+    CompactionMetrics::describe();
+    let metrics = CompactionMetrics::default();
+    tokio::spawn(observe::run_rate_gauge(
+        metrics.clone(),
+        ctx.shutdown.clone(),
+    ));
+    let compactions = Arc::new(CompactionContext {
+        storage,
+        scheduler: SchedulerClient::new(scheduler),
+        attempts: attempts.clone(),
+        worker_count: config.processor.worker_count,
+        limiter: throttle::RateLimiter::new(config.compaction.rate_limit_bytes_per_sec.as_u64())
+            .map(Arc::new),
+        sst_options: sst::SstOptions::default(),
+        min_subcompaction_bytes: merge::DEFAULT_MIN_SUBCOMPACTION_BYTES,
+        metrics,
+    });
     let api = CompactorApi {
         attempts: attempts.clone(),
         advertised_address: ctx.advertised_address.clone(),
         started_at: ctx.started_at,
+        shutdown: ctx.shutdown.clone(),
+        compactions,
     };
     serve_worker(
         ctx,

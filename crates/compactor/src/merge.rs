@@ -1,0 +1,900 @@
+//! The core of a compaction: input SSTs in, output SSTs out. Synchronous; run it on a
+//! blocking thread.
+//!
+//! [`compact`] is the one function that merges: the CompactLevel RPC runs it over the
+//! shared storage, the model tests and benchmarks over memory ([`crate::store`]). It
+//!
+//! 1. cuts the key space into subcompaction ranges ([`crate::ranges`]) and runs each on
+//!    its own thread (one range runs on the calling thread);
+//! 2. merges each range's sources ([`crate::sources`]) through
+//!    [`lsm::CompactionIterator`], which drops versions shadowed by newer ones and, when the
+//!    compaction is bottommost, tombstones that hide nothing (no snapshots are kept: the
+//!    engine's readers read the newest data);
+//! 3. writes the survivors into outputs of about `target_file_size`, cut only between two
+//!    user keys (all versions of a key stay in one file, so a reader of one file sees
+//!    every version it needs), named by the spec's output ids in the order they are
+//!    started. An output is started by its first entry: no empty file is ever written and
+//!    no id is spent on one. Ids are never invented: more output than ids is
+//!    [`CompactionError::OutOfFileIds`]. With several ranges the ids go to whichever range
+//!    starts an output first, so they are unique but not in key order; the outputs are
+//!    listed in key order.
+//!
+//! Every few thousand entries, and whenever the builders have written another
+//! [`CHECK_BYTES`], a range checks for cancellation, publishes progress and pays the IO
+//! budget ([`crate::throttle`]). When a range fails, the others stop at their next check;
+//! a failed or cancelled compaction abandons its open outputs (nothing becomes visible)
+//! and deletes the ones it had finished.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lsm::key::user_key;
+use lsm::manifest::FileMeta;
+use lsm::{CompactionIterator, CompactionStats, MergingIterator};
+use sst::{SstBuilder, SstInfo, SstOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::CompactionError;
+use crate::ranges::{KeyRange, plan_ranges};
+use crate::request::CompactionSpec;
+use crate::sources::{Bounded, OpenInput, Opener, range_sources};
+use crate::store::SstStore;
+use crate::throttle::RateLimiter;
+
+/// Entries between two checks of a range (cancellation, progress).
+pub const CHECK_ENTRIES: u64 = 4096;
+/// Output bytes between two checks of a range (progress, IO budget).
+pub const CHECK_BYTES: u64 = 1 << 20;
+/// Subcompaction ranges hold at least this many input bytes (smaller compactions stay on
+/// one thread: a thread per few MiB costs more than it saves).
+pub const DEFAULT_MIN_SUBCOMPACTION_BYTES: u64 = 32 << 20;
+
+/// Where an attempt stands, read by heartbeats while the merge runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Input bytes read (blocks, indexes, filters, footers).
+    pub bytes_read: AtomicU64,
+    /// Output bytes written.
+    pub bytes_written: AtomicU64,
+    /// Input entries merged.
+    pub entries: AtomicU64,
+}
+
+/// How the merge runs, besides the spec.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    pub sst_options: SstOptions,
+    /// Threads the merge may use: at most this many subcompaction ranges (at least 1).
+    pub threads: usize,
+    /// See [`DEFAULT_MIN_SUBCOMPACTION_BYTES`].
+    pub min_subcompaction_bytes: u64,
+    /// Written into every output's properties (milliseconds since the Unix epoch).
+    pub creation_time_ms: u64,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        Self {
+            sst_options: SstOptions::default(),
+            threads: 1,
+            min_subcompaction_bytes: DEFAULT_MIN_SUBCOMPACTION_BYTES,
+            creation_time_ms: 0,
+        }
+    }
+}
+
+/// The attempt's side of a running merge: how it is stopped, watched and paced.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Cancelled when the attempt is: the merge stops at its next check.
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+    /// The IO budget (shared with whoever else holds it); `None`: unlimited.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// One written output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFile {
+    pub file_id: u64,
+    /// Size of the stored object.
+    pub size: u64,
+    pub info: SstInfo,
+}
+
+impl OutputFile {
+    /// The manifest's record of the file.
+    pub fn manifest_meta(&self) -> FileMeta {
+        FileMeta {
+            id: self.file_id,
+            size: self.size,
+            smallest: self.info.smallest_user_key.clone(),
+            largest: self.info.largest_user_key.clone(),
+            smallest_seq: self.info.min_seq,
+            largest_seq: self.info.max_seq,
+            entries: self.info.entry_count,
+            tombstones: self.info.tombstone_count,
+        }
+    }
+}
+
+/// What a finished merge wrote and dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compacted {
+    /// In key order.
+    pub outputs: Vec<OutputFile>,
+    /// Entries in, out and dropped, over every range.
+    pub stats: CompactionStats,
+    pub bytes_read: u64,
+    /// Bytes of every output.
+    pub bytes_written: u64,
+    /// Ranges the key space was cut into.
+    pub subcompactions: usize,
+}
+
+/// Merges the inputs of `spec` from `store` into outputs in `store` (see the module docs).
+pub fn compact<S: SstStore>(
+    store: &Arc<S>,
+    spec: &CompactionSpec,
+    options: &MergeOptions,
+    control: &Control,
+) -> Result<Compacted, CompactionError> {
+    let ranges = plan_ranges(
+        spec.input_files().map(|(_, f)| f),
+        options.threads.max(1),
+        options.min_subcompaction_bytes,
+    );
+    let read_before = control.progress.bytes_read.load(Ordering::Relaxed);
+    let shared = Shared {
+        store,
+        spec,
+        options,
+        control,
+        stop: control.cancel.child_token(),
+        next_id: AtomicUsize::new(0),
+        finished: Mutex::new(Vec::new()),
+        sizes: spec
+            .input_files()
+            .map(|(_, f)| (store.path(f.id), f.size))
+            .collect(),
+    };
+    let opener: Arc<dyn OpenInput> = Arc::new(Opener {
+        store: store.clone(),
+        progress: control.progress.clone(),
+    });
+
+    let results: Vec<Result<RangeOutput, CompactionError>> = if ranges.len() == 1 {
+        vec![shared.run_range(&opener, &KeyRange::all())]
+    } else {
+        run_threads(&shared, &opener, &ranges)
+    };
+
+    let mut outputs = Vec::new();
+    let mut stats = CompactionStats::default();
+    let mut failure: Option<CompactionError> = None;
+    for result in results {
+        match result {
+            Ok(r) => {
+                outputs.extend(r.outputs);
+                add(&mut stats, r.stats);
+            }
+            // The first real failure wins over the cancellations it caused in the others.
+            Err(e) => {
+                if failure
+                    .as_ref()
+                    .is_none_or(|f| matches!(f, CompactionError::Cancelled))
+                {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        shared.discard_finished();
+        return Err(e);
+    }
+    Ok(Compacted {
+        bytes_written: outputs.iter().map(|o| o.size).sum(),
+        bytes_read: control.progress.bytes_read.load(Ordering::Relaxed) - read_before,
+        outputs,
+        stats,
+        subcompactions: ranges.len(),
+    })
+}
+
+/// Runs every range on its own scoped thread; results in range order.
+fn run_threads<S: SstStore>(
+    shared: &Shared<'_, S>,
+    opener: &Arc<dyn OpenInput>,
+    ranges: &[KeyRange],
+) -> Vec<Result<RangeOutput, CompactionError>> {
+    let span = tracing::Span::current();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, range)| {
+                let span = span.clone();
+                std::thread::Builder::new()
+                    .name(format!("subcompaction-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let _entered = span.enter();
+                        let result = shared.run_range(opener, range);
+                        if result.is_err() {
+                            // Stop the others: the attempt fails anyway.
+                            shared.stop.cancel();
+                        }
+                        result
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|panic| {
+                    shared.stop.cancel();
+                    Err(CompactionError::Internal(format!(
+                        "a subcompaction thread panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                }),
+                Err(e) => {
+                    shared.stop.cancel();
+                    Err(CompactionError::Internal(format!(
+                        "could not start a subcompaction thread: {e}"
+                    )))
+                }
+            })
+            .collect()
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+fn add(total: &mut CompactionStats, s: CompactionStats) {
+    total.input_entries += s.input_entries;
+    total.output_entries += s.output_entries;
+    total.shadowed_dropped += s.shadowed_dropped;
+    total.tombstones_dropped += s.tombstones_dropped;
+}
+
+/// What the ranges of one merge share.
+struct Shared<'a, S> {
+    store: &'a Arc<S>,
+    spec: &'a CompactionSpec,
+    options: &'a MergeOptions,
+    control: &'a Control,
+    /// Cancelled with the attempt, or by a failing range.
+    stop: CancellationToken,
+    /// Index of the next unused output id.
+    next_id: AtomicUsize,
+    /// Ids of finished outputs, deleted if the merge fails.
+    finished: Mutex<Vec<u64>>,
+    /// Input sizes by path, to place a footer error.
+    sizes: HashMap<String, u64>,
+}
+
+/// What one range produced.
+struct RangeOutput {
+    outputs: Vec<OutputFile>,
+    stats: CompactionStats,
+}
+
+/// An output being written.
+struct Output<W: Write> {
+    file_id: u64,
+    path: String,
+    builder: SstBuilder<W>,
+    /// The user key of the last entry added.
+    last_user_key: Vec<u8>,
+    /// Of `builder.bytes_written()`, what was already counted and paid for.
+    accounted: u64,
+}
+
+impl<S: SstStore> Shared<'_, S> {
+    fn run_range(
+        &self,
+        opener: &Arc<dyn OpenInput>,
+        range: &KeyRange,
+    ) -> Result<RangeOutput, CompactionError> {
+        let merge_error =
+            |e| CompactionError::from_merge(e, |p| self.sizes.get(p).copied().unwrap_or(0));
+        if self.stop.is_cancelled() {
+            return Err(CompactionError::Cancelled);
+        }
+        let sources = range_sources(&self.spec.inputs, range, opener)?;
+        let merged = Bounded::new(MergingIterator::new(sources), range.clone());
+        let mut it = CompactionIterator::new(merged, self.spec.bottommost, &[]);
+        it.seek_to_first().map_err(merge_error)?;
+
+        let target = self.spec.target_file_size;
+        let mut outputs = Vec::new();
+        let mut out: Option<Output<S::Writer>> = None;
+        let mut entries_accounted = 0u64;
+        let mut since_check = 0u64;
+        while it.valid() {
+            let key = it.key();
+            let key_user = user_key(key);
+            if let Some(o) = out.take_if(|o| {
+                o.builder.estimated_size() >= target && o.last_user_key.as_slice() != key_user
+            }) {
+                outputs.push(self.finish_output(o)?);
+            }
+            let o = match out.as_mut() {
+                Some(o) => o,
+                None => out.insert(self.start_output()?),
+            };
+            o.builder
+                .add(key, it.value())
+                .map_err(|e| CompactionError::from_output(e, &o.path))?;
+            if o.last_user_key.as_slice() != key_user {
+                o.last_user_key.clear();
+                o.last_user_key.extend_from_slice(key_user);
+            }
+            since_check += 1;
+            if since_check >= CHECK_ENTRIES
+                || o.builder.bytes_written() - o.accounted >= CHECK_BYTES
+            {
+                since_check = 0;
+                let written = o.builder.bytes_written();
+                self.check(written - o.accounted)?;
+                o.accounted = written;
+                let merged = it.stats().input_entries;
+                self.control
+                    .progress
+                    .entries
+                    .fetch_add(merged - entries_accounted, Ordering::Relaxed);
+                entries_accounted = merged;
+            }
+            it.next().map_err(merge_error)?;
+        }
+        if let Some(o) = out.take() {
+            outputs.push(self.finish_output(o)?);
+        }
+        let stats = it.stats();
+        self.control
+            .progress
+            .entries
+            .fetch_add(stats.input_entries - entries_accounted, Ordering::Relaxed);
+        Ok(RangeOutput { outputs, stats })
+    }
+
+    /// The periodic check: stopped? Then count and pay for `written` new output bytes.
+    fn check(&self, written: u64) -> Result<(), CompactionError> {
+        if self.stop.is_cancelled() {
+            return Err(CompactionError::Cancelled);
+        }
+        self.control
+            .progress
+            .bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        match &self.control.limiter {
+            Some(limiter) if !limiter.acquire(written, &self.stop) => {
+                Err(CompactionError::Cancelled)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts an output under the next unused id.
+    fn start_output(&self) -> Result<Output<S::Writer>, CompactionError> {
+        let ids = &self.spec.output_file_ids;
+        let file_id = ids
+            .get(self.next_id.fetch_add(1, Ordering::Relaxed))
+            .copied()
+            .ok_or(CompactionError::OutOfFileIds {
+                allotted: ids.len(),
+            })?;
+        let path = self.store.path(file_id);
+        let writer = self.store.create_output(file_id)?;
+        let mut builder = SstBuilder::new(path.clone(), writer, self.options.sst_options.clone())
+            .map_err(|e| CompactionError::from_output(e, &path))?;
+        builder.set_creation_time_ms(self.options.creation_time_ms);
+        Ok(Output {
+            file_id,
+            path,
+            builder,
+            last_user_key: Vec::new(),
+            accounted: 0,
+        })
+    }
+
+    /// Finishes an output and makes it visible.
+    fn finish_output(&self, o: Output<S::Writer>) -> Result<OutputFile, CompactionError> {
+        let (info, writer) = o
+            .builder
+            .finish_into_inner()
+            .map_err(|e| CompactionError::from_output(e, &o.path))?;
+        let size = self.store.finish_output(o.file_id, writer)?;
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(o.file_id);
+        self.check(size.saturating_sub(o.accounted))?;
+        Ok(OutputFile {
+            file_id: o.file_id,
+            size,
+            info,
+        })
+    }
+
+    /// Deletes the finished outputs of a merge that will not be reported.
+    fn discard_finished(&self) {
+        let finished =
+            std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in finished {
+            self.store.discard_output(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use storage::TableName;
+
+    use super::*;
+    use crate::store::MemorySstStore;
+    use crate::testing::{Entry, build_sst, entry, read_sst};
+
+    fn table() -> TableName {
+        TableName::new("users").expect("valid name")
+    }
+
+    /// A store holding one SST per `(level, entries)`, ids 1, 2, ... in order; the inputs
+    /// grouped by level as a spec lists them.
+    fn inputs(
+        files: Vec<(u32, Vec<Entry>)>,
+        options: &SstOptions,
+    ) -> (Arc<MemorySstStore>, Vec<(u32, Vec<FileMeta>)>) {
+        let store = Arc::new(MemorySstStore::new(table()));
+        let mut levels: Vec<(u32, Vec<FileMeta>)> = Vec::new();
+        for (i, (level, entries)) in files.into_iter().enumerate() {
+            let (meta, bytes) = build_sst(i as u64 + 1, entries, options.clone()).expect("sst");
+            store.insert(meta.id, bytes);
+            match levels.last_mut() {
+                Some((l, metas)) if *l == level => metas.push(meta),
+                _ => levels.push((level, vec![meta])),
+            }
+        }
+        (store, levels)
+    }
+
+    fn spec(inputs: Vec<(u32, Vec<FileMeta>)>, bottommost: bool) -> CompactionSpec {
+        CompactionSpec {
+            table: table(),
+            output_level: inputs.last().map_or(1, |(l, _)| (*l).max(1)),
+            inputs,
+            bottommost,
+            target_file_size: u64::MAX,
+            output_file_ids: (100..150).collect(),
+            io_bytes_per_sec: 0,
+            reason: "test".to_owned(),
+            max_subcompactions: 1,
+        }
+    }
+
+    fn run(
+        store: &Arc<MemorySstStore>,
+        spec: &CompactionSpec,
+        threads: usize,
+    ) -> Result<Compacted, CompactionError> {
+        let options = MergeOptions {
+            threads,
+            min_subcompaction_bytes: 1,
+            ..MergeOptions::default()
+        };
+        compact(store, spec, &options, &Control::default())
+    }
+
+    /// Every output's entries, file by file.
+    fn contents(store: &MemorySstStore, c: &Compacted) -> Vec<Vec<Entry>> {
+        c.outputs
+            .iter()
+            .map(|o| {
+                let bytes = store.get(o.file_id).expect("output stored");
+                assert_eq!(bytes.len() as u64, o.size);
+                read_sst(bytes).expect("readable output")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_newest_version_wins_and_tombstones_stay_unless_bottommost() {
+        let files = || {
+            vec![
+                (0, vec![entry("a", 5, Some("a2")), entry("b", 4, None)]),
+                (
+                    0,
+                    vec![
+                        entry("a", 1, Some("a1")),
+                        entry("b", 2, Some("b1")),
+                        entry("c", 3, Some("c1")),
+                        entry("d", 2, None),
+                    ],
+                ),
+            ]
+        };
+        let (store, levels) = inputs(files(), &SstOptions::default());
+        let c = run(&store, &spec(levels, false), 1).expect("compacted");
+        assert_eq!(
+            contents(&store, &c),
+            [vec![
+                entry("a", 5, Some("a2")),
+                entry("b", 4, None),
+                entry("c", 3, Some("c1")),
+                entry("d", 2, None),
+            ]]
+        );
+        assert_eq!(
+            c.stats,
+            CompactionStats {
+                input_entries: 6,
+                output_entries: 4,
+                shadowed_dropped: 2,
+                tombstones_dropped: 0,
+            }
+        );
+        assert_eq!(c.outputs[0].file_id, 100);
+        assert_eq!(c.outputs[0].info.tombstone_count, 2);
+
+        let (store, levels) = inputs(files(), &SstOptions::default());
+        let c = run(&store, &spec(levels, true), 1).expect("compacted");
+        assert_eq!(
+            contents(&store, &c),
+            [vec![entry("a", 5, Some("a2")), entry("c", 3, Some("c1"))]]
+        );
+        assert_eq!(
+            (c.stats.shadowed_dropped, c.stats.tombstones_dropped),
+            (2, 2)
+        );
+        assert_eq!(c.outputs[0].info.tombstone_count, 0);
+        assert_eq!(c.bytes_written, c.outputs[0].size);
+        assert!(c.bytes_read > 0);
+    }
+
+    #[test]
+    fn a_level_of_several_files_merges_with_l0() {
+        let l1 = |keys: std::ops::Range<u32>| {
+            keys.map(|i| entry(&format!("k{i:03}"), 1, Some("old")))
+                .collect::<Vec<_>>()
+        };
+        let (store, levels) = inputs(
+            vec![
+                (
+                    0,
+                    vec![entry("k005", 9, Some("new")), entry("k150", 8, None)],
+                ),
+                (1, l1(0..100)),
+                (1, l1(100..200)),
+            ],
+            &SstOptions::default(),
+        );
+        let progress = Arc::new(Progress::default());
+        let control = Control {
+            progress: progress.clone(),
+            ..Control::default()
+        };
+        let c = compact(
+            &store,
+            &spec(levels, true),
+            &MergeOptions::default(),
+            &control,
+        )
+        .expect("compacted");
+        let out = contents(&store, &c).concat();
+        assert_eq!(out.len(), 199, "k150 deleted");
+        assert_eq!(out[5], entry("k005", 9, Some("new")));
+        assert!(out.iter().all(|e| e.0 != b"k150"));
+        assert_eq!(c.stats.input_entries, 202);
+        assert_eq!(progress.entries.load(Ordering::Relaxed), 202);
+        assert_eq!(
+            progress.bytes_written.load(Ordering::Relaxed),
+            c.bytes_written
+        );
+        assert_eq!(progress.bytes_read.load(Ordering::Relaxed), c.bytes_read);
+    }
+
+    /// 400 keys with three versions each over three files, values of 100 bytes.
+    fn versioned(options: &SstOptions) -> (Arc<MemorySstStore>, Vec<(u32, Vec<FileMeta>)>) {
+        let file = |seq: u64| {
+            (0..400)
+                .map(|i| {
+                    let v = format!("{seq}{}", "v".repeat(99));
+                    (
+                        format!("key{i:04}").into_bytes(),
+                        seq * 1000 + i,
+                        Some(v.into_bytes()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        inputs(vec![(0, file(3)), (0, file(2)), (0, file(1))], options)
+    }
+
+    #[test]
+    fn outputs_are_cut_at_the_target_size_between_user_keys_in_id_order() {
+        let (store, levels) = versioned(&SstOptions::default());
+        let mut s = spec(levels, false);
+        s.target_file_size = 8 << 10;
+        let c = run(&store, &s, 1).expect("compacted");
+        assert!(c.outputs.len() >= 4, "{} outputs", c.outputs.len());
+        let ids: Vec<u64> = c.outputs.iter().map(|o| o.file_id).collect();
+        assert_eq!(ids, (100..100 + ids.len() as u64).collect::<Vec<_>>());
+        for (i, o) in c.outputs.iter().enumerate() {
+            if i + 1 < c.outputs.len() {
+                assert!(o.size >= s.target_file_size, "output {i}: {} bytes", o.size);
+            }
+            // At most one block over the target (the cut waits for the next user key).
+            assert!(
+                o.size < s.target_file_size + (6 << 10),
+                "output {i}: {} bytes",
+                o.size
+            );
+        }
+        for w in c.outputs.windows(2) {
+            assert!(
+                w[0].info.largest_user_key < w[1].info.smallest_user_key,
+                "a user key spans two outputs"
+            );
+        }
+        let all = contents(&store, &c).concat();
+        assert_eq!(all.len(), 400);
+        assert!(all.iter().all(|e| e.1 >= 3000), "only the newest versions");
+    }
+
+    #[test]
+    fn running_out_of_ids_fails_and_deletes_what_was_written() {
+        let (store, levels) = versioned(&SstOptions::default());
+        let mut s = spec(levels, false);
+        s.target_file_size = 8 << 10;
+        s.output_file_ids = vec![100, 101];
+        let err = run(&store, &s, 1).expect_err("two ids are not enough");
+        assert!(
+            matches!(err, CompactionError::OutOfFileIds { allotted: 2 }),
+            "{err:?}"
+        );
+        assert_eq!(store.file_ids(), [1, 2, 3], "only the inputs are left");
+    }
+
+    #[test]
+    fn nothing_left_writes_nothing_and_spends_no_id() {
+        let (store, levels) = inputs(
+            vec![
+                (0, vec![entry("a", 5, None), entry("b", 6, None)]),
+                (1, vec![entry("a", 1, Some("x")), entry("b", 2, Some("y"))]),
+            ],
+            &SstOptions::default(),
+        );
+        let c = run(&store, &spec(levels, true), 1).expect("compacted");
+        assert!(c.outputs.is_empty());
+        assert_eq!(c.bytes_written, 0);
+        assert_eq!(c.stats.tombstones_dropped, 2);
+        assert_eq!(store.file_ids(), [1, 2]);
+    }
+
+    /// Random puts and deletes over `files` L0 files of `n` entries each, newer than any
+    /// of [`random_level`].
+    fn random_l0(seed: u64, files: usize, n: usize) -> Vec<(u32, Vec<Entry>)> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut seq = 1_000_000;
+        (0..files)
+            .map(|_| {
+                let mut entries: Vec<Entry> = (0..n)
+                    .map(|_| {
+                        seq += 1;
+                        let key = format!("key{:05}", rng.random_range(0..3000));
+                        let value =
+                            (!rng.random_ratio(1, 5)).then(|| vec![b'x'; rng.random_range(0..200)]);
+                        (key.into_bytes(), seq, value)
+                    })
+                    .collect();
+                // One version per key per file, as a memtable flush writes.
+                entries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                entries.dedup_by(|a, b| a.0 == b.0);
+                (0, entries)
+            })
+            .rev()
+            .collect()
+    }
+
+    /// L1 of `files` files, in key order, splitting the key space evenly, each holding
+    /// about half of its keys.
+    fn random_level(seed: u64, files: u32) -> Vec<(u32, Vec<Entry>)> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let per_file = 3000 / files;
+        (0..files)
+            .map(|f| {
+                let mut entries = Vec::new();
+                for k in f * per_file..(f + 1) * per_file {
+                    if rng.random_bool(0.5) {
+                        let value = vec![b'l'; rng.random_range(0..200)];
+                        entries.push((
+                            format!("key{k:05}").into_bytes(),
+                            u64::from(k) + 1,
+                            Some(value),
+                        ));
+                    }
+                }
+                (1, entries)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subcompactions_write_the_same_content_as_one_range() {
+        for bottommost in [false, true] {
+            let options = SstOptions::default();
+            let mut files = random_l0(7, 3, 2000);
+            files.extend(random_level(8, 8));
+            let (store, levels) = inputs(files, &options);
+            let mut s = spec(levels, bottommost);
+            s.target_file_size = 16 << 10;
+            s.output_file_ids = (100..400).collect();
+            let one = run(&store, &s, 1).expect("one range");
+            let one_content = contents(&store, &one);
+            for id in one.outputs.iter().map(|o| o.file_id) {
+                store.remove(id);
+            }
+            let four = run(&store, &s, 4).expect("four ranges");
+            assert_eq!(one.subcompactions, 1);
+            assert_eq!(four.subcompactions, 4);
+            assert_eq!(
+                contents(&store, &four).concat(),
+                one_content.concat(),
+                "bottommost {bottommost}"
+            );
+            assert_eq!(four.stats, one.stats);
+            for w in four.outputs.windows(2) {
+                assert!(w[0].info.largest_user_key < w[1].info.smallest_user_key);
+            }
+            let mut ids: Vec<u64> = four.outputs.iter().map(|o| o.file_id).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, (100..100 + ids.len() as u64).collect::<Vec<_>>());
+        }
+    }
+
+    /// Flips one byte in the middle of `bytes` (a data block of a file of many blocks).
+    fn flip_middle(bytes: &Bytes) -> (Bytes, usize) {
+        let mut damaged = bytes.to_vec();
+        let at = damaged.len() / 3;
+        damaged[at] ^= 0x40;
+        (Bytes::from(damaged), at)
+    }
+
+    #[test]
+    fn a_corrupt_data_block_is_a_typed_error_with_file_and_offset() {
+        let options = SstOptions {
+            block_size: 512,
+            ..SstOptions::default()
+        };
+        let (store, levels) = versioned(&options);
+        let (damaged, at) = flip_middle(&store.get(2).expect("file 2"));
+        store.insert(2, damaged.clone());
+        // What a plain read of the file says about it.
+        let expected = match read_sst(damaged)
+            .expect_err("damaged")
+            .downcast::<sst::SstError>()
+        {
+            Ok(e) => *e,
+            Err(e) => panic!("not an sst error: {e}"),
+        };
+        let sst::SstError::Corruption { offset, .. } = expected else {
+            panic!("not corruption: {expected:?}");
+        };
+        assert!(
+            offset > 0 && offset <= at as u64,
+            "offset {offset}, flipped {at}"
+        );
+
+        let err = run(&store, &spec(levels, false), 1).expect_err("corrupt input");
+        let path = "tables/users/sst/00000000000000000002.sst";
+        match &err {
+            CompactionError::Corruption {
+                file,
+                offset: found,
+                reason,
+            } => {
+                assert_eq!((file.as_str(), *found), (path, offset));
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("not corruption: {other:?}"),
+        }
+        assert!(!err.retriable());
+        assert_eq!(store.file_ids(), [1, 2, 3], "nothing written");
+    }
+
+    #[test]
+    fn a_damaged_footer_or_a_missing_input_is_reported_at_open() {
+        let (store, levels) = versioned(&SstOptions::default());
+        let s = spec(levels, false);
+        let mut bytes = store.get(3).expect("file 3").to_vec();
+        let size = bytes.len() as u64;
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 1;
+        }
+        store.insert(3, Bytes::from(bytes));
+        let err = run(&store, &s, 1).expect_err("bad magic");
+        assert!(
+            matches!(&err, CompactionError::Corruption { file, offset, .. }
+                if file.ends_with("00000000000000000003.sst") && *offset == size - 64),
+            "{err:?}"
+        );
+        store.remove(3);
+        let err = run(&store, &s, 1).expect_err("missing");
+        assert!(
+            matches!(&err, CompactionError::InputMissing { file } if file.ends_with("3.sst")),
+            "{err:?}"
+        );
+        assert!(!err.retriable());
+    }
+
+    #[test]
+    fn a_cancelled_merge_stops_and_leaves_no_output() {
+        let (store, levels) = inputs(random_l0(3, 4, 3000), &SstOptions::default());
+        let mut s = spec(levels, false);
+        s.target_file_size = 4 << 10;
+        s.output_file_ids = (100..1000).collect();
+        for threads in [1, 3] {
+            let control = Control::default();
+            control.cancel.cancel();
+            let options = MergeOptions {
+                threads,
+                min_subcompaction_bytes: 1,
+                ..MergeOptions::default()
+            };
+            let err = compact(&store, &s, &options, &control).expect_err("cancelled");
+            assert!(matches!(err, CompactionError::Cancelled), "{err:?}");
+            assert_eq!(store.file_ids(), [1, 2, 3, 4]);
+        }
+        // Cancelled half-way (on the first check) after outputs were finished.
+        let control = Control::default();
+        let cancel = control.cancel.clone();
+        let limiter_that_cancels = RateLimiter::new(1).map(Arc::new);
+        let control = Control {
+            limiter: limiter_that_cancels,
+            ..control
+        };
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            cancel.cancel();
+        });
+        let err = compact(&store, &s, &MergeOptions::default(), &control).expect_err("cancelled");
+        stopper.join().expect("stopper");
+        assert!(matches!(err, CompactionError::Cancelled), "{err:?}");
+        assert_eq!(store.file_ids(), [1, 2, 3, 4], "finished outputs deleted");
+    }
+
+    #[test]
+    fn the_io_budget_paces_the_writes() {
+        let (store, levels) = versioned(&SstOptions::default());
+        let control = Control {
+            limiter: RateLimiter::new(200_000).map(Arc::new),
+            ..Control::default()
+        };
+        let started = Instant::now();
+        let c = compact(
+            &store,
+            &spec(levels, false),
+            &MergeOptions::default(),
+            &control,
+        )
+        .expect("compacted");
+        // About 45 KB at 200 KB/s with a 20 KB burst: at least ~0.1 s.
+        assert!(c.bytes_written > 40_000, "{}", c.bytes_written);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(90), "{took:?}");
+    }
+}
