@@ -25,6 +25,7 @@
 //! - [`observe`] — metrics;
 //! - [`testing`] — fixture SSTs for tests and benchmarks.
 
+pub mod cleanup;
 pub mod error;
 pub mod job;
 pub mod merge;
@@ -33,6 +34,7 @@ pub mod ranges;
 pub mod report;
 pub mod request;
 pub mod sources;
+pub mod stats;
 pub mod store;
 pub mod testing;
 pub mod throttle;
