@@ -282,6 +282,17 @@ struct Shared<'a, S> {
     sizes: HashMap<String, u64>,
 }
 
+/// The part of a running count already published.
+#[derive(Debug, Default)]
+struct Accounted(u64);
+
+impl Accounted {
+    /// Moves to `total`; returns what was not yet published.
+    fn advance(&mut self, total: u64) -> u64 {
+        total.saturating_sub(std::mem::replace(&mut self.0, total))
+    }
+}
+
 /// What one range produced.
 struct RangeOutput {
     outputs: Vec<OutputFile>,
@@ -318,7 +329,7 @@ impl<S: SstStore> Shared<'_, S> {
         let target = self.spec.target_file_size;
         let mut outputs = Vec::new();
         let mut out: Option<Output<S::Writer>> = None;
-        let mut entries_accounted = 0u64;
+        let mut entries = Accounted::default();
         let mut since_check = 0u64;
         while it.valid() {
             let key = it.key();
@@ -326,7 +337,9 @@ impl<S: SstStore> Shared<'_, S> {
             if let Some(o) = out.take_if(|o| {
                 o.builder.estimated_size() >= target && o.last_user_key.as_slice() != key_user
             }) {
-                outputs.push(self.finish_output(o)?);
+                let (file, unaccounted) = self.finish_output(o)?;
+                outputs.push(file);
+                self.check(unaccounted, entries.advance(it.stats().input_entries))?;
             }
             let o = match out.as_mut() {
                 Some(o) => o,
@@ -345,33 +358,28 @@ impl<S: SstStore> Shared<'_, S> {
             {
                 since_check = 0;
                 let written = o.builder.bytes_written();
-                self.check(written - o.accounted)?;
-                o.accounted = written;
-                let merged = it.stats().input_entries;
-                self.control
-                    .progress
-                    .entries
-                    .fetch_add(merged - entries_accounted, Ordering::Relaxed);
-                entries_accounted = merged;
+                let unaccounted = written - std::mem::replace(&mut o.accounted, written);
+                self.check(unaccounted, entries.advance(it.stats().input_entries))?;
             }
             it.next().map_err(merge_error)?;
         }
-        if let Some(o) = out.take() {
-            outputs.push(self.finish_output(o)?);
-        }
         let stats = it.stats();
-        self.control
-            .progress
-            .entries
-            .fetch_add(stats.input_entries - entries_accounted, Ordering::Relaxed);
+        if let Some(o) = out.take() {
+            let (file, unaccounted) = self.finish_output(o)?;
+            outputs.push(file);
+            self.check(unaccounted, entries.advance(stats.input_entries))?;
+        }
+        self.count_entries(entries.advance(stats.input_entries));
         Ok(RangeOutput { outputs, stats })
     }
 
-    /// The periodic check: stopped? Then count and pay for `written` new output bytes.
-    fn check(&self, written: u64) -> Result<(), CompactionError> {
+    /// The periodic check: stopped? Then count `entries` more merged entries and
+    /// `written` more output bytes, and pay for the bytes.
+    fn check(&self, written: u64, entries: u64) -> Result<(), CompactionError> {
         if self.stop.is_cancelled() {
             return Err(CompactionError::Cancelled);
         }
+        self.count_entries(entries);
         self.control
             .progress
             .bytes_written
@@ -382,6 +390,13 @@ impl<S: SstStore> Shared<'_, S> {
             }
             _ => Ok(()),
         }
+    }
+
+    fn count_entries(&self, entries: u64) {
+        self.control
+            .progress
+            .entries
+            .fetch_add(entries, Ordering::Relaxed);
     }
 
     /// Starts an output under the next unused id.
@@ -407,8 +422,9 @@ impl<S: SstStore> Shared<'_, S> {
         })
     }
 
-    /// Finishes an output and makes it visible.
-    fn finish_output(&self, o: Output<S::Writer>) -> Result<OutputFile, CompactionError> {
+    /// Finishes an output and makes it visible; also returns its bytes not yet accounted
+    /// for (see [`Shared::check`]).
+    fn finish_output(&self, o: Output<S::Writer>) -> Result<(OutputFile, u64), CompactionError> {
         let (info, writer) = o
             .builder
             .finish_into_inner()
@@ -418,12 +434,12 @@ impl<S: SstStore> Shared<'_, S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(o.file_id);
-        self.check(size.saturating_sub(o.accounted))?;
-        Ok(OutputFile {
+        let file = OutputFile {
             file_id: o.file_id,
             size,
             info,
-        })
+        };
+        Ok((file, size.saturating_sub(o.accounted)))
     }
 
     /// Deletes the finished outputs of a merge that will not be reported.
