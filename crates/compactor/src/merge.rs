@@ -43,7 +43,7 @@ use crate::sources::{Bounded, OpenInput, Opener, range_sources};
 use crate::store::SstStore;
 use crate::throttle::RateLimiter;
 
-/// Entries between two checks of a range (cancellation, progress).
+/// Input entries between two checks of a range (cancellation, progress).
 pub const CHECK_ENTRIES: u64 = 4096;
 /// Output bytes between two checks of a range (progress, IO budget).
 pub const CHECK_BYTES: u64 = 1 << 20;
@@ -322,7 +322,8 @@ impl<S: SstStore> Shared<'_, S> {
             return Err(CompactionError::Cancelled);
         }
         let sources = range_sources(&self.spec.inputs, range, opener)?;
-        let merged = Bounded::new(MergingIterator::new(sources), range.clone());
+        let merged =
+            Bounded::new(MergingIterator::new(sources), range.clone()).with_stop(self.stop.clone());
         let mut it = CompactionIterator::new(merged, self.spec.bottommost, &[]);
         it.seek_to_first().map_err(merge_error)?;
 
@@ -330,7 +331,7 @@ impl<S: SstStore> Shared<'_, S> {
         let mut outputs = Vec::new();
         let mut out: Option<Output<S::Writer>> = None;
         let mut entries = Accounted::default();
-        let mut since_check = 0u64;
+        let mut checked_at = 0u64;
         while it.valid() {
             let key = it.key();
             let key_user = user_key(key);
@@ -352,14 +353,16 @@ impl<S: SstStore> Shared<'_, S> {
                 o.last_user_key.clear();
                 o.last_user_key.extend_from_slice(key_user);
             }
-            since_check += 1;
-            if since_check >= CHECK_ENTRIES
+            // Input entries, not output ones: a merge that drops most of its input (a
+            // bottommost merge of tombstones) is checked as often as one that keeps it.
+            let merged = it.stats().input_entries;
+            if merged - checked_at >= CHECK_ENTRIES
                 || o.builder.bytes_written() - o.accounted >= CHECK_BYTES
             {
-                since_check = 0;
+                checked_at = merged;
                 let written = o.builder.bytes_written();
                 let unaccounted = written - std::mem::replace(&mut o.accounted, written);
-                self.check(unaccounted, entries.advance(it.stats().input_entries))?;
+                self.check(unaccounted, entries.advance(merged))?;
             }
             it.next().map_err(merge_error)?;
         }

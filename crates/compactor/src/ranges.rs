@@ -9,6 +9,11 @@
 //! bytes lie between two boundary keys is estimated by spreading each file's size evenly
 //! over the boundary intervals it spans; each cut is then the file start nearest to the
 //! next `1/n` of the whole. Pure: metadata in, ranges out.
+//!
+//! A limit of cutting at file boundaries: inputs that all span the same keys (L0 files of
+//! a uniformly spread workload, merged by size-tiered compaction) offer no cut inside the
+//! data, and such a compaction stays on one thread. Cutting inside files would need keys
+//! from their index blocks, which this module does not read.
 
 use lsm::manifest::FileMeta;
 

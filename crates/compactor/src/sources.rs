@@ -22,9 +22,10 @@ use lsm::key::{lookup_key, user_key};
 use lsm::manifest::FileMeta;
 use lsm::{BoxError, BoxedIterator, InternalIterator, MAX_SEQNO};
 use sst::{SstIterator, SstReader, SstSource};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::CompactionError;
-use crate::merge::Progress;
+use crate::merge::{CHECK_ENTRIES, Progress};
 use crate::ranges::KeyRange;
 use crate::store::SstStore;
 
@@ -187,15 +188,31 @@ impl InternalIterator for LevelIterator {
 }
 
 /// `inner` restricted to the user keys of `range`: `seek_to_first` goes to the range's
-/// first key, and the iterator turns invalid at its end.
+/// first key, and the iterator turns invalid at its end. With a stop token, every
+/// [`CHECK_ENTRIES`] steps it fails with [`CompactionError::Cancelled`] once the token is
+/// cancelled: the compaction iterator above it may skip any number of dropped entries in
+/// one step, and a cancellation must not wait for the next entry it keeps.
 pub struct Bounded<I> {
     inner: I,
     range: KeyRange,
+    stop: Option<CancellationToken>,
+    steps: u64,
 }
 
 impl<I: InternalIterator> Bounded<I> {
     pub fn new(inner: I, range: KeyRange) -> Self {
-        Self { inner, range }
+        Self {
+            inner,
+            range,
+            stop: None,
+            steps: 0,
+        }
+    }
+
+    /// Stops when `stop` is cancelled (see the type's doc).
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -213,6 +230,15 @@ impl<I: InternalIterator> InternalIterator for Bounded<I> {
     }
 
     fn next(&mut self) -> Result<(), BoxError> {
+        self.steps += 1;
+        if self.steps.is_multiple_of(CHECK_ENTRIES)
+            && self
+                .stop
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Err(Box::new(CompactionError::Cancelled));
+        }
         self.inner.next()
     }
 
@@ -350,6 +376,22 @@ mod tests {
         let mut it = Bounded::new(LevelIterator::new(metas.clone(), files.clone()), range);
         it.seek_to_first().expect("seek");
         assert_eq!(keys(&mut it), ["b", "d", "e"]);
+
+        let stop = CancellationToken::new();
+        let mut it = Bounded::new(
+            LevelIterator::new(metas.clone(), files.clone()),
+            KeyRange::all(),
+        )
+        .with_stop(stop.clone());
+        it.seek_to_first().expect("seek");
+        stop.cancel();
+        let err = (0..CHECK_ENTRIES)
+            .find_map(|_| it.next().err())
+            .expect("stopped");
+        assert!(matches!(
+            CompactionError::from_merge(err, |_| 0),
+            CompactionError::Cancelled
+        ));
 
         let opener: Arc<dyn OpenInput> = files;
         let only_last = KeyRange {
