@@ -14,7 +14,7 @@
 //!    worker allow them. Outputs stream to storage as multipart uploads; an output becomes
 //!    visible only when finished, and a failed or cancelled merge abandons the open ones
 //!    and deletes the finished ones. Meanwhile this task copies the merge's progress into
-//!    the attempt's heartbeat every [`PROGRESS_INTERVAL`].
+//!    the attempt's heartbeat every `PROGRESS_INTERVAL`.
 //! 4. **Report** with CompleteTask ([`crate::report`]); a cancelled attempt reports
 //!    nothing. Right before a success is reported the failpoint `compactor.before_complete`
 //!    is hit (crash tests stop the process there: outputs written, nothing committed).

@@ -24,6 +24,8 @@
 //! - [`report`] — CompleteTask with retries (shared by every work item of this worker);
 //! - [`observe`] — metrics;
 //! - [`testing`] — fixture SSTs for tests and benchmarks.
+//!
+//! The other work items: [`cleanup`] (Cleanup) and [`stats`] (StatisticsUpdate).
 
 pub mod cleanup;
 pub mod error;

@@ -5,8 +5,9 @@
 //! compactions this process completed successfully over the last [`RATE_WINDOW`] (one
 //! hour), scaled to an hour. A plain moving count an operator can check by hand against the
 //! task log; a ticker refreshes it (see [`run_rate_gauge`]) so it falls back to zero an
-//! hour after compacting stops. Bytes are counted whether or not the scheduler then takes
-//! the result: they were read and written either way.
+//! hour after compacting stops. The bytes of every merge that finished are counted,
+//! whether or not the scheduler then takes the result (they were read and written either
+//! way); a merge that failed or was cancelled half-way is not.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -165,7 +166,7 @@ fn set_rate(rate: f64) {
     metrics::gauge!(runtime::metrics::COMPACTION_RATE, "service" => SERVICE).set(rate);
 }
 
-/// Refreshes `compaction_rate` every [`RATE_REFRESH`] until `shutdown`, so that it decays
+/// Refreshes `compaction_rate` every `RATE_REFRESH` until `shutdown`, so that it decays
 /// to zero when compacting stops.
 pub async fn run_rate_gauge(metrics: CompactionMetrics, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(RATE_REFRESH);

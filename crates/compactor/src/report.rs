@@ -65,7 +65,7 @@ fn backoff(try_index: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Calls CompleteTask until it is accepted, refused, or [`MAX_TRIES`] transient failures
+/// Calls CompleteTask until it is accepted, refused, or `MAX_TRIES` transient failures
 /// pass. A retry after a lost reply may be refused although the first call committed: the
 /// caller logs a refusal as such, never as data loss.
 pub async fn complete_task(
