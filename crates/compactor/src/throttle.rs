@@ -3,9 +3,10 @@
 //! A compaction's writes are what competes with the engine's foreground IO, so they are
 //! what is limited (reads follow writes closely: the merge reads about what it writes,
 //! more only where it drops data). The bucket refills at `bytes_per_sec` and holds at most
-//! `BURST` of it (a tenth of a second); a writer takes what it wrote and, when that leaves the bucket in debt,
-//! sleeps on its (blocking) thread until the debt is repaid. Writers that share a limiter
-//! (the subcompactions of one attempt, or every attempt of a worker) share the budget.
+//! a tenth of a second of it; a writer takes what it wrote and, when that leaves the bucket
+//! in debt, sleeps on its (blocking) thread until the debt is repaid. Writers that share a
+//! limiter (the subcompactions of one attempt, or every attempt of a worker) share the
+//! budget.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
