@@ -44,9 +44,11 @@ lint: deps
 fmt:
 	$(CARGO) fmt --all
 
-## bench: criterion benchmarks (release profile; includes RocksDB comparisons)
+## bench: criterion benchmarks (release profile; includes RocksDB comparisons) and the
+## replayer's memory figure (docs/bench/replay_flush.md). Both features only switch on
+## optional uses of the same rocksdb dependency: RocksDB is compiled once for them.
 bench: deps
-	$(CARGO) bench --workspace --features sst/rocksdb-bench
+	$(CARGO) bench --workspace --features sst/rocksdb-bench,replayer/rocksdb-bench
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (stable toolchain, no sanitizer)
 FUZZ_SECONDS ?= 60

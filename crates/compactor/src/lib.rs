@@ -47,7 +47,8 @@ use std::time::Instant;
 use proto::v1::compactor_server::{Compactor, CompactorServer};
 use proto::v1::scheduler_client::SchedulerClient;
 use proto::v1::{
-    CompactLevelRequest, DispatchResponse, WorkerKind, WorkerStatus, WorkerStatusRequest,
+    self as pb, CompactLevelRequest, DispatchResponse, WorkerKind, WorkerStatus,
+    WorkerStatusRequest,
 };
 use runtime::ServiceContext;
 use runtime::worker::{AttemptGuard, RunningAttempts, serve_worker, service_info};
@@ -92,6 +93,92 @@ impl Compactor for CompactorApi {
         Ok(Response::new(DispatchResponse { accepted: true }))
     }
 
+    /// Cleanup: deletes the listed objects (the scheduler decided they are garbage).
+    async fn run_cleanup(
+        &self,
+        request: Request<pb::RunCleanupRequest>,
+    ) -> Result<Response<DispatchResponse>, Status> {
+        let req = request.into_inner();
+        let (d, spec) = dispatch_and_spec(req.dispatch, req.spec)?;
+        // Validated before accepting: a bad path is the scheduler's bug, said at once.
+        cleanup::CleanupPlan::from_spec(&spec)
+            .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
+        let guard = self
+            .attempts
+            .try_start(d.task_id, d.attempt, &self.shutdown)?;
+        let ctx = self.compactions.clone();
+        let span = tracing::info_span!("cleanup", task_id = d.task_id, attempt = d.attempt, table = %spec.table, ssts = spec.sst_paths.len(), wal = spec.wal_paths.len(), dry_run = spec.dry_run);
+        tokio::spawn(
+            async move {
+                let outcome = match cleanup::run_cleanup(&ctx.storage, &spec, &guard.cancel).await {
+                    Ok(r) => {
+                        tracing::info!(
+                            deleted = r.deleted.len(),
+                            bytes = r.bytes_reclaimed,
+                            "cleanup done"
+                        );
+                        Ok(pb::task_result::Result::Cleanup(r))
+                    }
+                    Err(e) => Err(pb::TaskError {
+                        kind: e.kind() as i32,
+                        message: format!("cleanup of table {:?}: {e}", spec.table),
+                        file: e.file().unwrap_or_default().to_owned(),
+                        offset: 0,
+                        retriable: e.retriable(),
+                        attempt: d.attempt,
+                        at_unix_ms: job::now_ms(),
+                    }),
+                };
+                finish(&ctx, &guard, d, outcome).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(DispatchResponse { accepted: true }))
+    }
+
+    /// StatisticsUpdate: recomputes the table's statistics from its current files.
+    async fn update_statistics(
+        &self,
+        request: Request<pb::UpdateStatisticsRequest>,
+    ) -> Result<Response<DispatchResponse>, Status> {
+        let req = request.into_inner();
+        let (d, spec) = dispatch_and_spec(req.dispatch, req.spec)?;
+        stats::StatsSpec::from_proto(&spec)
+            .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
+        let guard = self
+            .attempts
+            .try_start(d.task_id, d.attempt, &self.shutdown)?;
+        let ctx = self.compactions.clone();
+        let span = tracing::info_span!("statistics_update", task_id = d.task_id, attempt = d.attempt, table = %spec.table);
+        tokio::spawn(
+            async move {
+                let outcome =
+                    match stats::update_statistics(&ctx.storage, &spec, &guard.cancel).await {
+                        Ok(s) => {
+                            tracing::info!(
+                                entries = s.entries,
+                                live_keys = s.estimated_live_keys,
+                                "statistics computed"
+                            );
+                            Ok(pb::task_result::Result::Statistics(s))
+                        }
+                        Err(e) => Err(pb::TaskError {
+                            kind: e.kind() as i32,
+                            message: format!("statistics of table {:?}: {e}", spec.table),
+                            file: e.file().unwrap_or_default().to_owned(),
+                            offset: e.offset().unwrap_or(0),
+                            retriable: e.retriable(),
+                            attempt: d.attempt,
+                            at_unix_ms: job::now_ms(),
+                        }),
+                    };
+                finish(&ctx, &guard, d, outcome).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(DispatchResponse { accepted: true }))
+    }
+
     async fn get_status(
         &self,
         _request: Request<WorkerStatusRequest>,
@@ -105,6 +192,48 @@ impl Compactor for CompactorApi {
             )),
             worker_id: self.attempts.worker_id(),
         }))
+    }
+}
+
+/// The dispatch and spec of a work item, or INVALID_ARGUMENT naming the missing one.
+fn dispatch_and_spec<T>(
+    dispatch: Option<pb::DispatchRequest>,
+    spec: Option<T>,
+) -> Result<(pb::DispatchRequest, T), Status> {
+    let d = dispatch.ok_or_else(|| Status::invalid_argument("dispatch: required"))?;
+    let spec = spec.ok_or_else(|| Status::invalid_argument("spec: required"))?;
+    Ok((d, spec))
+}
+
+/// Reports a Cleanup or StatisticsUpdate attempt (nothing when it was cancelled).
+async fn finish(
+    ctx: &CompactionContext,
+    guard: &AttemptGuard,
+    d: pb::DispatchRequest,
+    outcome: Result<pb::task_result::Result, pb::TaskError>,
+) {
+    if guard.cancel.is_cancelled() {
+        return;
+    }
+    let worker_id = ctx.attempts.worker_id();
+    let request = match outcome {
+        Ok(result) => pb::CompleteTaskRequest {
+            task_id: d.task_id,
+            attempt: d.attempt,
+            worker_id,
+            outcome: Some(pb::complete_task_request::Outcome::Result(pb::TaskResult {
+                result: Some(result),
+            })),
+        },
+        Err(error) => {
+            tracing::warn!(error = %error.message, "work item failed");
+            report::failure(d.task_id, d.attempt, worker_id, error)
+        }
+    };
+    if let r @ (Reported::Refused(_) | Reported::GaveUp(_)) =
+        report::complete_task(ctx.scheduler.clone(), request, &guard.cancel).await
+    {
+        tracing::warn!("work item result not recorded: {r:?}");
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The replayer is the only writer (it applies WAL batches in sequence order); client reads
 //! (Get/Scan) and a flusher streaming a *frozen* memtable read at the same time. That shape
-//! is why the entries live in a lock-free skiplist ([`crossbeam_skiplist::SkipSet`]):
+//! is why the entries live in a lock-free skiplist ([`crossbeam_skiplist::base::SkipList`]):
 //! readers never block the writer and never see a half-inserted entry, and nothing is ever
 //! removed, so the skiplist's epoch garbage collection has no work to do.
 //!
@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOr
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_skiplist::SkipSet;
+use crossbeam_epoch as epoch;
+use crossbeam_skiplist::base::SkipList;
 
 use crate::iter::{BoxError, InternalIterator};
 use crate::key::{
@@ -224,7 +225,9 @@ fn fill_entry(target: &mut BytesMut, key: &[u8], value: &[u8]) -> Bytes {
 /// A table's in-memory write buffer. See the module docs.
 pub struct Memtable {
     id: MemtableId,
-    entries: SkipSet<MemEntry>,
+    /// The skiplist itself (crossbeam's `base` API: reads pin the epoch once per batch of
+    /// entries and borrow them, instead of pinning and reference-counting every step).
+    entries: SkipList<MemEntry, ()>,
     arena: Mutex<Arena>,
     frozen: AtomicBool,
     len: AtomicUsize,
@@ -250,7 +253,7 @@ impl Memtable {
     pub fn new(id: MemtableId) -> Self {
         Self {
             id,
-            entries: SkipSet::new(),
+            entries: SkipList::new(epoch::default_collector().clone()),
             arena: Mutex::new(Arena {
                 chunk: BytesMut::new(),
                 next_chunk: MIN_CHUNK,
@@ -301,7 +304,11 @@ impl Memtable {
         let mut grown = allocated;
         let ours = entry.buf.as_ptr();
         // `get_or_insert` hands back the existing entry for a duplicate without allocating.
-        if self.entries.get_or_insert(entry).value().buf.as_ptr() == ours {
+        let guard = &epoch::pin();
+        let stored = self.entries.get_or_insert(entry, (), guard);
+        let inserted = stored.key().buf.as_ptr() == ours;
+        stored.release(guard);
+        if inserted {
             grown += NODE_SIZE;
             // Release: a reader that sees the new length also sees min/max seq.
             self.len.fetch_add(1, AtomicOrdering::Release);
@@ -314,8 +321,9 @@ impl Memtable {
     /// value (empty for a tombstone) and sequence number.
     pub fn get(&self, user_key: &[u8], snapshot: SeqNo) -> Option<(ValueKind, Bytes, SeqNo)> {
         let probe = MemEntry::probe(lookup_key(user_key, snapshot));
-        let found = self.entries.lower_bound(Bound::Included(&probe))?;
-        let entry = found.value();
+        let guard = &epoch::pin();
+        let found = self.entries.lower_bound(Bound::Included(&probe), guard)?;
+        let entry = found.key();
         let (uk, seq, kind) = entry.parsed();
         (uk == user_key).then(|| (kind, entry.buf.slice(entry.key_len..), seq))
     }
@@ -390,13 +398,26 @@ impl MemtableIterator {
     fn fill(&mut self, from: Bound<&MemEntry>) {
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
-        batch.extend(
-            self.table
-                .entries
-                .range((from, Bound::Unbounded))
-                .take(self.next_batch)
-                .map(|e| e.value().clone()),
-        );
+        {
+            // One epoch pin per batch; entries are borrowed, not reference-counted.
+            let guard = &epoch::pin();
+            let mut range = self.table.entries.range((from, Bound::Unbounded), guard);
+            while batch.len() < self.next_batch {
+                match range.next() {
+                    Some(e) => batch.push(e.key().clone()),
+                    None => break,
+                }
+            }
+        }
+        // Touch every entry's bytes now, in one loop of independent loads: the CPU overlaps
+        // the cache misses into the arena (which is in insertion order, not key order)
+        // instead of taking them one by one as the consumer walks the batch. A flush of a
+        // large memtable is bound by these misses.
+        let mut touched = 0u8;
+        for e in &batch {
+            touched ^= e.buf.first().copied().unwrap_or(0) ^ e.buf.last().copied().unwrap_or(0);
+        }
+        std::hint::black_box(touched);
         self.more = batch.len() == self.next_batch;
         self.next_batch = (self.next_batch * 2).min(MAX_BATCH);
         self.batch = batch;

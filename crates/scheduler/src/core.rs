@@ -456,7 +456,9 @@ impl Core {
     /// compaction's inputs is refused with a LockError.
     pub fn submit(&mut self, spec: TaskSpec, priority: i32, now_ms: i64) -> Result<u64, CoreError> {
         let table = spec.table().to_owned();
-        if !table.is_empty() && !self.tables.contains_key(&table) {
+        // Cleanup may concern a dropped table (its files are garbage).
+        let needs_table = !matches!(spec, TaskSpec::Cleanup { .. });
+        if needs_table && !table.is_empty() && !self.tables.contains_key(&table) {
             return Err(CoreError::TableNotFound(table));
         }
         // One flush task per frozen memtable: a repeated request gets the same task.

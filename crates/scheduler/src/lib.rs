@@ -9,6 +9,7 @@
 //! The state machine is pure and lives in [`core`]; [`manual`] turns operator requests
 //! into specs; the gRPC edge, the catalog writes and the dispatch loop are in `service`.
 
+pub mod cleanup;
 mod convert;
 pub mod core;
 pub mod forecast;
@@ -52,6 +53,12 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     let state = Arc::new(SchedulerState::open(&ctx)?);
     ctx.http_routes.set(page::router(state.clone()));
     let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
+    let storage = runtime::open_storage(&ctx.config)?;
+    tokio::spawn(cleanup::cleanup_loop(
+        state.clone(),
+        storage,
+        ctx.shutdown.clone(),
+    ));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
     health
         .set_serving::<SchedulerServer<service::SchedulerApi>>()

@@ -230,6 +230,15 @@ pub struct SchedulerState {
 }
 
 impl SchedulerState {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Wakes the dispatch loop (new work was queued).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Opens the catalog and rebuilds the state from it.
     pub fn open(ctx: &ServiceContext) -> anyhow::Result<Self> {
         let path = std::path::Path::new(&ctx.config.catalog.path);
