@@ -9,6 +9,11 @@
 //! snapshot can never become referenced again (a stale attempt that wrote it is refused at
 //! commit). A file whose id was allocated after the listing is not in the listing. Objects
 //! of a table that no longer exists are garbage too.
+//!
+//! Readers (`storage-admin get/scan`) fetch a manifest and then its files: a file a
+//! compaction removed stays for `cleanup.grace_period` counted from that commit, so a reader
+//! holding the previous version finds it (the grace period is how long a version is
+//! retained). Orphans (never committed) wait the grace period from their creation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -75,7 +80,9 @@ pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Res
     let dry_run = state.config().cleanup.dry_run;
     let ids = state
         .mutate(|c, now| {
-            let referenced = c.referenced_file_ids();
+            let Some(referenced) = c.referenced_file_ids(now, grace_ms) else {
+                return Vec::new();
+            };
             let busy: BTreeSet<String> = c
                 .tasks()
                 .filter(|t| t.kind() == TaskKind::Cleanup && !t.state.is_final())

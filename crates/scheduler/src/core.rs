@@ -186,6 +186,12 @@ pub struct Core {
     /// Tables whose files changed since their statistics were last queued, and when that was.
     stats_dirty: BTreeSet<String>,
     stats_queued_ms: HashMap<String, i64>,
+    /// File id → when a commit removed it from its manifest (cleanup waits a grace period
+    /// from then, not from the file's creation). In memory: see [`Core::started_ms`].
+    obsolete_since: BTreeMap<u64, i64>,
+    /// When this state was loaded: files made obsolete before a restart are unknown, so
+    /// nothing is collected until a grace period after it.
+    started_ms: i64,
     dirty: Dirty,
 }
 
@@ -240,6 +246,8 @@ impl Core {
             repick: BTreeSet::new(),
             stats_dirty: BTreeSet::new(),
             stats_queued_ms: HashMap::new(),
+            obsolete_since: BTreeMap::new(),
+            started_ms: now_ms,
             dirty: Dirty::default(),
         };
         for (id, record) in snap.workers {
@@ -640,10 +648,16 @@ impl Core {
         queued
     }
 
-    /// Every file id that is, or may become, part of a manifest: files of current manifests,
-    /// output ids allocated to any attempt of a live task, staged flush files. Cleanup never
-    /// deletes these (ids are never reused, so anything else is garbage for good).
-    pub fn referenced_file_ids(&self) -> BTreeSet<u64> {
+    /// Every file id Cleanup must keep now: files of current manifests, files removed from
+    /// a manifest less than `grace_ms` ago (a reader may hold the previous version), output
+    /// ids allocated to any attempt of a live task, staged flush files. Ids are never
+    /// reused, so anything else is garbage for good. `None` until `grace_ms` after this
+    /// state was loaded (what became obsolete before a restart is not known).
+    pub fn referenced_file_ids(&mut self, now_ms: i64, grace_ms: i64) -> Option<BTreeSet<u64>> {
+        if now_ms - self.started_ms < grace_ms {
+            return None;
+        }
+        self.obsolete_since.retain(|_, t| now_ms - *t < grace_ms);
         let mut ids: BTreeSet<u64> = self
             .manifests
             .values()
@@ -658,7 +672,8 @@ impl Core {
             }
             ids.extend(t.spec.input_file_ids());
         }
-        ids
+        ids.extend(self.obsolete_since.keys().copied());
+        Some(ids)
     }
 
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
@@ -1375,6 +1390,11 @@ impl Core {
                             "task {task_id} attempt {attempt} cannot commit to table {table}: {e}"
                         ))
                     })?;
+                    // Readers that fetched the previous version may still read these: they
+                    // stay for a grace period counted from now.
+                    for (_, id) in &edit.removed {
+                        self.obsolete_since.insert(*id, now_ms);
+                    }
                     let checkpoint = match &spec {
                         TaskSpec::MemtableFlush { last_seq, .. } => {
                             manifest.checkpoint.max(*last_seq)

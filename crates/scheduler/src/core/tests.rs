@@ -786,3 +786,44 @@ fn a_replayer_that_dies_loses_its_tables_and_their_pending_flushes_beyond_max_at
     // A request quoting the old attempt is refused.
     assert!(c.check_flush_request("t", task, attempt).is_err());
 }
+
+#[test]
+fn cleanup_keeps_what_is_or_may_become_referenced_and_removed_files_for_a_grace_period() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "c", "c:1", 2, "v", T0)
+        .expect("c");
+    // Fixture ids far from the allocator's.
+    let (a, b) = (file(101, "a", "m", 5), file(102, "b", "n", 6));
+    with_files(&mut c, &[(0, a.clone()), (0, b.clone())]);
+    let id = c
+        .submit(compaction(vec![(0, vec![a, b])], 1), 50, T0)
+        .expect("submit");
+    let d = c.tick(T0);
+    let outs = d[0].output_file_ids.clone();
+    assert!(outs.len() >= 2);
+    let kept = c
+        .referenced_file_ids(T0, 1000)
+        .expect("past the startup grace");
+    assert!(kept.contains(&101) && kept.contains(&102), "manifest files");
+    assert!(
+        outs.iter().all(|o| kept.contains(o)),
+        "a running attempt's outputs, written or not"
+    );
+    c.complete(id, 1, success(vec![file(outs[0], "a", "n", 6)]), T0 + 10)
+        .expect("commit");
+    let kept = c.referenced_file_ids(T0 + 500, 1000).expect("grace");
+    assert!(
+        kept.contains(&101) && kept.contains(&102),
+        "removed inputs, within grace"
+    );
+    assert!(kept.contains(&outs[0]));
+    assert!(!kept.contains(&outs[1]), "an unused id of a finished task");
+    let kept = c.referenced_file_ids(T0 + 1010, 1000).expect("grace");
+    assert!(!kept.contains(&101) && !kept.contains(&102), "grace over");
+    assert!(kept.contains(&outs[0]));
+    // A freshly loaded state does not know what became obsolete before: it collects
+    // nothing for a grace period.
+    let mut fresh = Core::from_snapshot(cfg(), CatalogSnapshot::default(), T0);
+    assert!(fresh.referenced_file_ids(T0 + 999, 1000).is_none());
+    assert!(fresh.referenced_file_ids(T0 + 1000, 1000).is_some());
+}
