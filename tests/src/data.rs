@@ -29,6 +29,7 @@ pub struct DataCluster {
     pub replayer_ports: Ports,
     pub replayer: Option<Proc>,
     pub flushers: Vec<Option<Proc>>,
+    pub compactors: Vec<Option<Proc>>,
     env: Vec<(String, String)>,
     restarts: usize,
 }
@@ -66,6 +67,7 @@ impl DataCluster {
             replayer_ports: Ports::free(),
             replayer: None,
             flushers: Vec::new(),
+            compactors: Vec::new(),
             env,
             restarts: 0,
         };
@@ -111,6 +113,60 @@ impl DataCluster {
 
     pub fn start_flusher(&mut self) -> usize {
         self.start_flusher_with(&[])
+    }
+
+    /// Starts a compactor with extra environment; returns its index.
+    pub fn start_compactor_with(&mut self, extra: &[(&str, &str)]) -> usize {
+        let saved = self.env.clone();
+        for (k, v) in extra {
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        let p = self.service("compactor", Ports::free());
+        self.env = saved;
+        self.compactors.push(Some(p));
+        self.compactors.len() - 1
+    }
+
+    pub fn start_compactor(&mut self) -> usize {
+        self.start_compactor_with(&[])
+    }
+
+    /// SST file ids of `table` in storage.
+    pub fn stored_ssts(&self, table: &str) -> std::collections::BTreeSet<u64> {
+        let dir = self.dir.join("storage/tables").join(table).join("sst");
+        std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".sst"))
+                            .and_then(|n| n.parse().ok())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// File ids of `table`'s manifest.
+    pub fn manifest_ids(&self, table: &str) -> std::collections::BTreeSet<u64> {
+        self.files(table)
+            .iter()
+            .filter_map(|f| f["id"].as_u64())
+            .collect()
+    }
+
+    /// Files per level of `table`'s manifest.
+    pub fn level_counts(&self, table: &str) -> Vec<usize> {
+        let m = self.admin_json(&["manifest", "--table", table]);
+        m["levels"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| l["files"].as_array().map_or(0, |f| f.len()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// SIGKILL, and wait until the process is gone.

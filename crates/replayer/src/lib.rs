@@ -33,8 +33,6 @@ use tonic::{Request, Response, Status};
 use crate::replay::{PassInput, PassOutcome, PassStats};
 use crate::table::{Frozen, Limits, TableState, Version};
 
-/// How often a caught-up table lists its WAL for new segments.
-const POLL: Duration = Duration::from_millis(100);
 /// A frozen memtable whose flush was acknowledged is asked for again after this long
 /// (its task may have failed for good; a live task is simply returned again).
 const REREQUEST_MS: i64 = 10_000;
@@ -175,8 +173,10 @@ async fn replay_table(
     drop(_enter);
     tracing::info!(parent: &span, "replaying from the checkpoint and tailing the wal");
     let limits = shared.limits();
+    // How often a caught-up table lists its WAL for new segments.
+    let poll = shared.config.wal_replay.poll_interval.get();
     let mut last_read = None;
-    let mut backoff = POLL;
+    let mut backoff = poll;
     loop {
         if guard.cancel.is_cancelled() {
             break;
@@ -222,10 +222,10 @@ async fn replay_table(
         let wait = match outcome {
             PassOutcome::CaughtUp { newest } => {
                 last_read = newest;
-                backoff = POLL;
-                POLL
+                backoff = poll;
+                poll
             }
-            PassOutcome::NothingNew | PassOutcome::Stalled => POLL,
+            PassOutcome::NothingNew | PassOutcome::Stalled => poll,
             PassOutcome::Storage(e) => {
                 tracing::warn!(parent: &span, error = %e, "reading the wal failed; retrying");
                 backoff = (backoff * 2).min(Duration::from_secs(5));

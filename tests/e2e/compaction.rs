@@ -1,0 +1,251 @@
+//! The second half of the data path with real processes: compactors merge the flushed L0
+//! files, Cleanup deletes what nothing references (after its grace period), statistics
+//! describe the data. A compactor SIGKILLed after writing its outputs but before reporting
+//! them leaves orphans that are never committed and later removed; Cleanup racing
+//! flushes and compactions never deletes a file a reader of the current manifest needs.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tests::data::{DataCluster, tail};
+use tests::wait_until;
+
+const FAST: [(&str, &str); 5] = [
+    ("DP__CLEANUP__INTERVAL", "500ms"),
+    ("DP__CLEANUP__GRACE_PERIOD", "1s"),
+    ("DP__SCHEDULER__PICK_INTERVAL", "300ms"),
+    ("DP__STATISTICS__INTERVAL", "1s"),
+    ("DP__SCHEDULER__STUCK_TIMEOUT", "60s"),
+];
+
+fn load(c: &DataCluster, table: &str, keys: u64, seed: u64, oracle: &std::path::Path) {
+    let o = c.admin(&[
+        "load",
+        table,
+        "--keys",
+        &keys.to_string(),
+        "--value-size",
+        "100",
+        "--overwrite-ratio",
+        "0.3",
+        "--delete-ratio",
+        "0.1",
+        "--seed",
+        &seed.to_string(),
+        "--oracle",
+        oracle.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "load: {}", o.stderr);
+}
+
+/// No compaction is pending or running.
+fn compactions_idle(c: &DataCluster) -> bool {
+    let o = c.admin(&["tasks", "list", "--json"]);
+    o.code == 0
+        && serde_json::from_str::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
+            v.as_array().is_some_and(|ts| {
+                !ts.iter().any(|t| {
+                    t["type"] == "compaction"
+                        && (t["state"] == "pending" || t["state"] == "running")
+                })
+            })
+        })
+}
+
+#[test]
+fn a_compactor_killed_before_reporting_leaves_orphans_that_are_never_committed_and_are_cleaned_up()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(dir.path(), &FAST);
+    c.start_flusher();
+    c.create_tables(&["t"]);
+    let oracle = dir.path().join("oracle.jsonl");
+    load(&c, "t", 8000, 11, &oracle);
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&oracle, "t"),
+        Duration::from_secs(60),
+    );
+    let l0 = c.level_counts("t")[0];
+    assert!(l0 >= 4, "enough L0 files to trigger a compaction: {l0}");
+    let before = c.stored_ssts("t");
+    assert_eq!(before, c.manifest_ids("t"), "no orphan yet");
+
+    // This compactor writes its outputs, then stops before reporting them: killed there.
+    let doomed = c.start_compactor_with(&[("DP_FAILPOINTS", "compactor.before_complete=pause")]);
+    let log = c.compactors[doomed].as_ref().unwrap().log.clone();
+    let paused = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("failpoint compactor.before_complete"))
+    });
+    assert!(paused, "the compactor never reached the failpoint");
+    let orphans: BTreeSet<u64> = c.stored_ssts("t").difference(&before).copied().collect();
+    assert!(!orphans.is_empty(), "the doomed compaction wrote outputs");
+    DataCluster::kill(&mut c.compactors[doomed]);
+
+    // A healthy compactor retries the task (after the dead one's lease expires).
+    c.start_compactor();
+    let done = wait_until(Duration::from_secs(60), || {
+        c.level_counts("t").iter().skip(1).any(|n| *n > 0) && compactions_idle(&c)
+    });
+    assert!(
+        done,
+        "compaction never committed: levels {:?}; scheduler log:\n{}",
+        c.level_counts("t"),
+        tail(&c.sched.as_ref().unwrap().log_text(), 30)
+    );
+    let manifest = c.manifest_ids("t");
+    assert!(
+        manifest.is_disjoint(&orphans),
+        "orphans {orphans:?} committed: {manifest:?}"
+    );
+    // The data did not change.
+    c.check_oracle(&oracle, &["t"]);
+
+    // Cleanup removes the orphans and the compacted-away inputs; the manifest's files stay.
+    let clean = wait_until(Duration::from_secs(30), || {
+        c.stored_ssts("t") == c.manifest_ids("t")
+    });
+    assert!(
+        clean,
+        "storage {:?} vs manifest {:?}",
+        c.stored_ssts("t"),
+        c.manifest_ids("t")
+    );
+    assert!(c.stored_ssts("t").is_disjoint(&orphans));
+    c.check_oracle(&oracle, &["t"]);
+
+    // Statistics describe the files: exact entry and tombstone counts.
+    let files = c.files("t");
+    let entries: u64 = files.iter().map(|f| f["entries"].as_u64().unwrap()).sum();
+    let tombstones: u64 = files
+        .iter()
+        .map(|f| f["tombstones"].as_u64().unwrap())
+        .sum();
+    let stats_ok = wait_until(Duration::from_secs(30), || {
+        let out = tests::run_grpcurl(&[
+            "-plaintext",
+            "-d",
+            r#"{"table":"t"}"#,
+            &c.admin_addr(),
+            "dataprocessor.v1.Admin/GetTableStats",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["entries"].as_str().and_then(|s| s.parse::<u64>().ok()) == Some(entries)
+            && v["tombstones"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+                == tombstones
+    });
+    assert!(
+        stats_ok,
+        "statistics never matched the manifest ({entries} entries, {tombstones} tombstones)"
+    );
+}
+
+#[test]
+fn cleanup_racing_flushes_and_compactions_never_deletes_a_file_the_manifest_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(
+        dir.path(),
+        &[
+            ("DP__CLEANUP__INTERVAL", "200ms"),
+            ("DP__CLEANUP__GRACE_PERIOD", "1s"),
+            ("DP__SCHEDULER__PICK_INTERVAL", "200ms"),
+            ("DP__MEMTABLE_FLUSH__MAX_MEMTABLE_SIZE", "128KB"),
+        ],
+    );
+    c.start_flusher();
+    c.start_compactor();
+    c.create_tables(&["t"]);
+    let oracle = dir.path().join("oracle.jsonl");
+    // A paced load: flushes and compactions keep committing for several seconds.
+    let writer = std::process::Command::new(tests::bin("storage-admin"))
+        .args(["--scheduler", &c.admin_addr(), "load", "t"])
+        .args(["--keys", "30000", "--value-size", "100", "--rate", "4000"])
+        .args([
+            "--overwrite-ratio",
+            "0.5",
+            "--delete-ratio",
+            "0.1",
+            "--seed",
+            "12",
+        ])
+        .args(["--oracle", oracle.to_str().unwrap()])
+        .env_remove("DP_SCHEDULER")
+        .env_remove("DP__STORAGE__URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Meanwhile, read like a reader: fetch the manifest, then every file it names must be
+    // there (the grace period covers a reader holding the previous version).
+    let started = Instant::now();
+    let mut checks = 0;
+    let mut versions = BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        let m = c.admin_json(&["manifest", "--table", "t"]);
+        versions.insert(m["version"].as_u64().unwrap());
+        let ids: BTreeSet<u64> = m["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| l["files"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f["id"].as_u64())
+            .collect();
+        let stored = c.stored_ssts("t");
+        let missing: Vec<&u64> = ids.difference(&stored).collect();
+        assert!(
+            missing.is_empty(),
+            "manifest v{} files missing from storage: {missing:?}",
+            m["version"]
+        );
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(checks > 20, "{checks}");
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&oracle, "t"),
+        Duration::from_secs(60),
+    );
+    let idle = wait_until(Duration::from_secs(60), || compactions_idle(&c));
+    assert!(idle, "compactions never settled");
+    // Compactions really ran during the race, and cleanup really deleted things.
+    let compacted = c.admin_json(&["tasks", "list", "--state", "succeeded"]);
+    let kinds: Vec<&str> = compacted
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"compaction"), "{kinds:?}");
+    assert!(kinds.contains(&"cleanup"), "{kinds:?}");
+    assert!(versions.len() > 5, "the manifest moved: {versions:?}");
+    // Everything unreferenced is gone after the grace period; nothing referenced is.
+    let clean = wait_until(Duration::from_secs(30), || {
+        c.stored_ssts("t") == c.manifest_ids("t")
+    });
+    assert!(
+        clean,
+        "storage {:?} vs manifest {:?}",
+        c.stored_ssts("t"),
+        c.manifest_ids("t")
+    );
+    // WAL segments the checkpoint covers are gone too (the newest stays).
+    let wal = dir.path().join("storage/tables/t/wal");
+    let wal_clean = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&wal).map(|d| d.count()).unwrap_or(0) <= 1
+    });
+    assert!(wal_clean, "covered WAL segments were not cleaned up");
+    c.check_oracle(&oracle, &["t"]);
+}
