@@ -125,25 +125,27 @@ fn a_compactor_killed_before_reporting_leaves_orphans_that_are_never_committed_a
         .map(|f| f["tombstones"].as_u64().unwrap())
         .sum();
     let stats_ok = wait_until(Duration::from_secs(30), || {
-        let out = tests::run_grpcurl(&[
-            "-plaintext",
-            "-d",
-            r#"{"table":"t"}"#,
-            &c.admin_addr(),
-            "dataprocessor.v1.Admin/GetTableStats",
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["entries"].as_str().and_then(|s| s.parse::<u64>().ok()) == Some(entries)
-            && v["tombstones"]
-                .as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-                == tombstones
+        let o = c.admin(&["stats", "--table", "t", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
+            v["entries"].as_u64() == Some(entries) && v["tombstones"].as_u64() == Some(tombstones)
+        })
     });
     assert!(
         stats_ok,
-        "statistics never matched the manifest ({entries} entries, {tombstones} tombstones)"
+        "statistics never matched the manifest ({entries} entries, {tombstones} tombstones): {}",
+        c.admin(&["stats", "--table", "t"]).stdout
     );
+    let s = c.admin_json(&["stats", "--table", "t"]);
+    // Flushes wrote the data once, the compaction once more (minus what it dropped).
+    let wa = s["write_amplification"].as_f64().unwrap();
+    assert!(wa > 1.0 && wa < 3.0, "write amplification {wa}");
+    let levels: u64 = s["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["files"].as_u64().unwrap())
+        .sum();
+    assert_eq!(levels as usize, files.len());
 }
 
 #[test]
@@ -248,4 +250,32 @@ fn cleanup_racing_flushes_and_compactions_never_deletes_a_file_the_manifest_need
     });
     assert!(wal_clean, "covered WAL segments were not cleaned up");
     c.check_oracle(&oracle, &["t"]);
+}
+
+#[test]
+fn size_tiered_compaction_runs_for_real_and_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = FAST.to_vec();
+    env.push(("DP__COMPACTION__STRATEGY", "size_tiered"));
+    let mut c = DataCluster::start(dir.path(), &env);
+    c.start_flusher();
+    c.start_compactor();
+    c.create_tables(&["t"]);
+    let oracle = dir.path().join("oracle.jsonl");
+    load(&c, "t", 10000, 13, &oracle);
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&oracle, "t"),
+        Duration::from_secs(60),
+    );
+    let compacted = wait_until(Duration::from_secs(60), || {
+        let o = c.admin(&["tasks", "list", "--state", "succeeded", "--json"]);
+        o.stdout.contains("\"compaction\"") && compactions_idle(&c)
+    });
+    assert!(compacted, "no size-tiered compaction ran");
+    c.check_oracle(&oracle, &["t"]);
+    let clean = wait_until(Duration::from_secs(30), || {
+        c.stored_ssts("t") == c.manifest_ids("t")
+    });
+    assert!(clean, "inputs of the compactions were not cleaned up");
 }

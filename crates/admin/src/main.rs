@@ -90,6 +90,14 @@ enum Command {
         #[arg(long)]
         table: String,
     },
+    /// Table statistics from the last StatisticsUpdate: entries, tombstones, estimated live
+    /// keys, files and bytes per level, key range, write and space amplification, columns.
+    ///
+    /// Example: `storage-admin stats --table orders`
+    Stats {
+        #[arg(long)]
+        table: String,
+    },
     /// Tasks: list, show (with error history), cancel.
     Tasks {
         #[command(subcommand)]
@@ -532,6 +540,16 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 .await?
                 .into_inner();
             output::manifest(&m, json)
+        }
+        Command::Stats { table } => {
+            let s = connect(&cli.scheduler)
+                .await?
+                .get_table_stats(pb::GetTableStatsRequest {
+                    table: table.clone(),
+                })
+                .await?
+                .into_inner();
+            output::stats(&s, json)
         }
         Command::Tasks { command } => match command {
             TasksCommand::List { table, state } => {

@@ -435,3 +435,43 @@ pub fn load(s: &Value, as_json: bool) -> String {
     }
     render(text, s.clone(), as_json)
 }
+
+/// Table statistics.
+pub fn stats(s: &pb::TableStatistics, as_json: bool) -> String {
+    let mut text = format!(
+        "table {}  entries {}  tombstones {}  live keys ~{}\nkey range [{} .. {}]\nwrite amplification {:.2}  space amplification {:.2}",
+        s.table,
+        s.entries,
+        s.tombstones,
+        s.estimated_live_keys,
+        key(&s.smallest_key),
+        key(&s.largest_key),
+        s.write_amplification,
+        s.space_amplification,
+    );
+    for l in &s.levels {
+        text.push_str(&format!(
+            "\nL{}: {} files, {} bytes",
+            l.level, l.files, l.bytes
+        ));
+    }
+    for c in &s.columns {
+        text.push_str(&format!(
+            "\ncolumn {}: nulls {}  min {}  max {}  distinct ~{}",
+            c.name, c.null_count, c.min, c.max, c.distinct_estimate
+        ));
+    }
+    let value = json!({
+        "table": s.table, "entries": s.entries, "tombstones": s.tombstones,
+        "estimated_live_keys": s.estimated_live_keys,
+        "smallest_key": key(&s.smallest_key), "largest_key": key(&s.largest_key),
+        "write_amplification": s.write_amplification, "space_amplification": s.space_amplification,
+        "levels": s.levels.iter().map(|l| json!({"level": l.level, "files": l.files, "bytes": l.bytes})).collect::<Vec<_>>(),
+        "columns": s.columns.iter().map(|c| json!({
+            "name": c.name, "null_count": c.null_count, "min": c.min, "max": c.max,
+            "distinct_estimate": c.distinct_estimate,
+        })).collect::<Vec<_>>(),
+        "computed_at_ms": s.computed_at_unix_ms,
+    });
+    render(text, value, as_json)
+}

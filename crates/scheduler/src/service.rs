@@ -439,6 +439,51 @@ impl SchedulerState {
             metrics::gauge!(runtime::metrics::QUEUE_DEPTH, "type" => kind.label(), "service" => "scheduler")
                 .set(c.pending as f64);
         }
+        // Table statistics (the last StatisticsUpdate) and the flushed checkpoint.
+        let tables: Vec<(String, u64, Option<pb::TableStatistics>, u64, u64)> = self
+            .read(|c, _| {
+                c.tables()
+                    .map(|t| {
+                        let name = t.name.clone();
+                        (
+                            name.clone(),
+                            c.manifest(&name).map_or(0, |m| m.checkpoint),
+                            c.stats(&name).and_then(convert::stats_from_json),
+                            c.counter(&format!("io:{name}:ingested")),
+                            c.counter(&format!("io:{name}:written")),
+                        )
+                    })
+                    .collect()
+            })
+            .await;
+        for (table, checkpoint, stats, ingested, written) in tables {
+            metrics::gauge!("table_flushed_checkpoint", "table" => table.clone())
+                .set(checkpoint as f64);
+            if ingested > 0 {
+                metrics::gauge!("table_write_amplification", "table" => table.clone())
+                    .set(written as f64 / ingested as f64);
+            }
+            let Some(s) = stats else { continue };
+            metrics::gauge!("table_entries", "table" => table.clone()).set(s.entries as f64);
+            metrics::gauge!("table_tombstones", "table" => table.clone()).set(s.tombstones as f64);
+            metrics::gauge!("table_estimated_live_keys", "table" => table.clone())
+                .set(s.estimated_live_keys as f64);
+            metrics::gauge!("table_space_amplification", "table" => table.clone())
+                .set(s.space_amplification);
+            for l in &s.levels {
+                let level = l.level.to_string();
+                metrics::gauge!("table_level_files", "table" => table.clone(), "level" => level.clone())
+                    .set(l.files as f64);
+                metrics::gauge!("table_level_bytes", "table" => table.clone(), "level" => level)
+                    .set(l.bytes as f64);
+            }
+            for col in &s.columns {
+                metrics::gauge!("table_column_null_count", "table" => table.clone(), "column" => col.name.clone())
+                    .set(col.null_count as f64);
+                metrics::gauge!("table_column_distinct_estimate", "table" => table.clone(), "column" => col.name.clone())
+                    .set(col.distinct_estimate as f64);
+            }
+        }
     }
 }
 
