@@ -279,3 +279,90 @@ fn size_tiered_compaction_runs_for_real_and_keeps_every_acknowledged_write() {
     });
     assert!(clean, "inputs of the compactions were not cleaned up");
 }
+
+#[test]
+fn column_statistics_describe_the_live_rows_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(dir.path(), &FAST);
+    c.start_flusher();
+    c.start_compactor();
+    let o = c.admin(&[
+        "tables",
+        "create",
+        "people",
+        "--column",
+        "age:int",
+        "--column",
+        "name:string",
+        "--column",
+        "vip:bool",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let bad = c.admin(&["tables", "create", "x", "--column", "age:decimal"]);
+    assert_eq!(
+        bad.code, 2,
+        "a bad column type is a usage error: {}",
+        bad.stderr
+    );
+    // 60 rows; every 10th has no age; names repeat every 20; then overwrites and deletes.
+    let row = |i: u32, age: Option<u32>| {
+        let mut v = serde_json::json!({ "name": format!("n{:02}", i % 20), "vip": i % 3 == 0 });
+        if let Some(a) = age {
+            v["age"] = a.into();
+        }
+        v.to_string()
+    };
+    let mut live: std::collections::BTreeMap<String, String> = Default::default();
+    for i in 0..60u32 {
+        let age = (i % 10 != 0).then_some(20 + i);
+        let (k, v) = (format!("p{i:03}"), row(i, age));
+        assert_eq!(c.admin(&["put", "people", &k, &v]).code, 0);
+        live.insert(k, v);
+    }
+    // The oldest person is deleted; one row gets a new, larger age.
+    assert_eq!(c.admin(&["delete", "people", "p059"]).code, 0);
+    live.remove("p059");
+    let v = row(5, Some(120));
+    assert_eq!(c.admin(&["put", "people", "p005", &v]).code, 0);
+    live.insert("p005".into(), v);
+    assert_eq!(c.admin(&["flush", "people"]).code, 0);
+    c.wait_flushed("people", 62, Duration::from_secs(30));
+    let ages: Vec<i64> = live
+        .values()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["age"].as_i64())
+        .collect();
+    let nulls = (live.len() - ages.len()) as u64;
+    let (min, max) = (ages.iter().min().unwrap(), ages.iter().max().unwrap());
+    let ok = wait_until(Duration::from_secs(30), || {
+        let o = c.admin(&["stats", "--table", "people", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&o.stdout).is_ok_and(|s| {
+            let age = s["columns"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"] == "age").cloned())
+                .unwrap_or_default();
+            age["null_count"].as_u64() == Some(nulls)
+                && age["min"] == min.to_string()
+                && age["max"] == max.to_string()
+        })
+    });
+    let s = c.admin_json(&["stats", "--table", "people"]);
+    assert!(
+        ok,
+        "age statistics: want nulls {nulls}, min {min}, max {max}; got {s}"
+    );
+    let col = |n: &str| {
+        s["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(col("name")["null_count"], 0);
+    assert_eq!(col("name")["distinct_estimate"], 20, "{s}");
+    assert_eq!(col("vip")["min"], "false");
+    assert_eq!(col("vip")["max"], "true");
+    assert_eq!(col("vip")["distinct_estimate"], 2);
+    assert_eq!(col("name")["min"], "\"n00\"");
+}

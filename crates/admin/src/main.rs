@@ -259,8 +259,15 @@ enum ProcessorCommand {
 enum TablesCommand {
     /// All tables.
     List,
-    /// Create a table. Example: `storage-admin tables create orders`
-    Create { name: String },
+    /// Create a table. Example: `storage-admin tables create orders`, or with columns
+    /// (values are then JSON objects and statistics cover each column):
+    /// `storage-admin tables create people --column age:int --column name:string`
+    Create {
+        name: String,
+        /// `name:type`, type one of int, float, string, bool. Repeatable.
+        #[arg(long = "column", value_parser = parse_column)]
+        columns: Vec<pb::ColumnDef>,
+    },
     /// Drop a table (its files become garbage for cleanup).
     Drop { name: String },
 }
@@ -512,12 +519,12 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                     .into_inner();
                 output::tables(&t.tables, json)
             }
-            TablesCommand::Create { name } => {
+            TablesCommand::Create { name, columns } => {
                 let t = connect(&cli.scheduler)
                     .await?
                     .create_table(pb::CreateTableRequest {
                         name: name.clone(),
-                        columns: Vec::new(),
+                        columns: columns.clone(),
                     })
                     .await?
                     .into_inner();
@@ -646,5 +653,24 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
                 .into_inner();
             output::trigger(&r, json)
         }
+    })
+}
+
+/// `name:type` of `tables create --column`.
+fn parse_column(s: &str) -> Result<pb::ColumnDef, String> {
+    let (name, kind) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected name:type, e.g. age:int"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: the column name is empty"));
+    }
+    if !matches!(kind, "int" | "float" | "string" | "bool") {
+        return Err(format!(
+            "{s:?}: unknown type {kind:?} (use int, float, string or bool)"
+        ));
+    }
+    Ok(pb::ColumnDef {
+        name: name.to_owned(),
+        r#type: kind.to_owned(),
     })
 }
