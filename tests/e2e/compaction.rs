@@ -367,3 +367,90 @@ fn column_statistics_describe_the_live_rows_exactly() {
     assert_eq!(col("vip")["distinct_estimate"], 2);
     assert_eq!(col("name")["min"], "\"n00\"");
 }
+
+/// The stall forecast of `table` from `storage-admin status --json`.
+fn forecast(c: &DataCluster, table: &str) -> Option<serde_json::Value> {
+    let o = c.admin(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).ok()?;
+    v["forecast"]
+        .as_array()?
+        .iter()
+        .find(|f| f["table"] == table)
+        .cloned()
+}
+
+#[test]
+fn the_stall_forecast_falls_without_compactors_and_recovers_when_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(
+        dir.path(),
+        &[
+            ("DP__MEMTABLE_FLUSH__MAX_MEMTABLE_SIZE", "128KB"),
+            ("DP__COMPACTION__L0_STOP_THRESHOLD", "200"),
+            ("DP__SCHEDULER__PICK_INTERVAL", "300ms"),
+        ],
+    );
+    c.start_flusher();
+    c.create_tables(&["t"]);
+    let oracle = dir.path().join("oracle.jsonl");
+    // No compactor: L0 only grows while the load runs.
+    let writer = std::process::Command::new(tests::bin("storage-admin"))
+        .args(["--scheduler", &c.admin_addr(), "load", "t"])
+        .args([
+            "--keys",
+            "24000",
+            "--value-size",
+            "100",
+            "--rate",
+            "4000",
+            "--seed",
+            "21",
+        ])
+        .args(["--oracle", oracle.to_str().unwrap()])
+        .env_remove("DP_SCHEDULER")
+        .env_remove("DP__STORAGE__URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut samples = Vec::new();
+    let mut writer = writer;
+    while writer.try_wait().unwrap().is_none() {
+        if let Some(f) = forecast(&c, "t") {
+            samples.push(f);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(writer.wait().unwrap().success());
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&oracle, "t"),
+        Duration::from_secs(60),
+    );
+    let stalls: Vec<f64> = samples
+        .iter()
+        .filter_map(|f| f["seconds_to_stall"].as_f64())
+        .filter(|s| *s > 0.0)
+        .collect();
+    assert!(stalls.len() >= 3, "L0 grew toward a stall: {samples:?}");
+    let (first, last) = (stalls[0], stalls[stalls.len() - 1]);
+    assert!(last < first, "the forecast falls as L0 grows: {stalls:?}");
+    let grown = forecast(&c, "t").unwrap();
+    let debt = grown["debt_bytes"].as_u64().unwrap();
+    assert!(debt > 0, "compaction owes bytes: {grown}");
+    assert!(grown["l0_files"].as_u64().unwrap() >= 8, "{grown}");
+
+    // Compactors return: the debt drains and the forecast recovers.
+    c.start_compactor();
+    let recovered = wait_until(Duration::from_secs(60), || {
+        forecast(&c, "t").is_some_and(|f| {
+            f["debt_bytes"].as_u64().unwrap_or(u64::MAX) < debt / 4
+                && f["seconds_to_stall"]
+                    .as_f64()
+                    .is_some_and(|s| s < 0.0 || s > 2.0 * first)
+                && f["drain_bytes_per_sec"].as_f64().unwrap_or(0.0) > 0.0
+        })
+    });
+    assert!(recovered, "no recovery: {:?}", forecast(&c, "t"));
+    c.check_oracle(&oracle, &["t"]);
+}
