@@ -454,3 +454,145 @@ fn the_stall_forecast_falls_without_compactors_and_recovers_when_they_return() {
     assert!(recovered, "no recovery: {:?}", forecast(&c, "t"));
     c.check_oracle(&oracle, &["t"]);
 }
+
+/// Metric-looking identifiers of a PromQL expression (not functions, keywords or labels).
+fn metric_names(expr: &str) -> Vec<String> {
+    const NOT_METRICS: [&str; 8] = [
+        "histogram_quantile",
+        "label_replace",
+        "count_over_time",
+        "avg_over_time",
+        "max_over_time",
+        "min_over_time",
+        "sum_over_time",
+        "group_left",
+    ];
+    // Drop label matchers ({...}) and by/without clauses first.
+    let mut cleaned = String::new();
+    let mut depth = 0;
+    for ch in expr.chars() {
+        match ch {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ if depth == 0 => cleaned.push(ch),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let words: Vec<&str> = cleaned
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    let mut skip_labels = false;
+    for w in words {
+        if w == "by" || w == "without" {
+            skip_labels = true;
+            continue;
+        }
+        if w.is_empty() {
+            continue;
+        }
+        if skip_labels {
+            // The parenthesised label list after by/without.
+            skip_labels = !w.contains('_') && w.chars().all(|c| c.is_ascii_lowercase());
+            if skip_labels {
+                continue;
+            }
+        }
+        if w.contains('_') && !NOT_METRICS.contains(&w) && !w.chars().all(|c| c.is_ascii_digit()) {
+            out.push(w.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_dashboard_and_alerts_query_is_exported_by_a_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(dir.path(), &FAST);
+    c.start_flusher();
+    c.start_compactor();
+    c.create_tables(&["t"]);
+    let oracle = dir.path().join("oracle.jsonl");
+    load(&c, "t", 8000, 31, &oracle);
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&oracle, "t"),
+        Duration::from_secs(60),
+    );
+    // Let a compaction, a cleanup and a statistics update run, so every series exists.
+    let busy = wait_until(Duration::from_secs(60), || {
+        let o = c.admin(&["tasks", "list", "--state", "succeeded", "--json"]);
+        ["\"compaction\"", "\"cleanup\"", "\"statistics_update\""]
+            .iter()
+            .all(|k| o.stdout.contains(k))
+    });
+    assert!(busy, "{}", c.admin(&["tasks", "list"]).stdout);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ports = vec![c.sched_ports.http, c.replayer_ports.http];
+    ports.extend(c.worker_ports.iter().map(|p| p.http));
+    let mut exported = BTreeSet::new();
+    for port in ports {
+        let (code, body) = tests::http_get(port, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            exported.insert(name.to_owned());
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/dashboards/data-processor.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    queries.extend(
+        alerts
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("expr:"))
+            .map(|e| e.trim().to_owned()),
+    );
+    assert!(queries.len() > 15, "{queries:?}");
+    // The extractor finds the names (and only names).
+    let named: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    for n in [
+        "processor_tasks_total",
+        "replayer_replay_lag",
+        "cleanup_files_deleted_total",
+        "table_write_amplification",
+    ] {
+        assert!(named.contains(n), "{n} not extracted from {named:?}");
+    }
+    assert!(
+        !named
+            .iter()
+            .any(|n| n == "type" || n == "table" || n == "kind"),
+        "{named:?}"
+    );
+    let mut unknown = Vec::new();
+    for q in &queries {
+        for name in metric_names(q) {
+            let found = exported.contains(&name)
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| exported.contains(&format!("{name}{s}")));
+            if !found {
+                unknown.push(format!("{name} (in {q})"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "queried but exported by no service: {unknown:#?}\nexported: {exported:?}"
+    );
+}

@@ -30,6 +30,8 @@ pub struct DataCluster {
     pub replayer: Option<Proc>,
     pub flushers: Vec<Option<Proc>>,
     pub compactors: Vec<Option<Proc>>,
+    /// Ports of every flusher and compactor started, in start order.
+    pub worker_ports: Vec<Ports>,
     env: Vec<(String, String)>,
     restarts: usize,
 }
@@ -68,6 +70,7 @@ impl DataCluster {
             replayer: None,
             flushers: Vec::new(),
             compactors: Vec::new(),
+            worker_ports: Vec::new(),
             env,
             restarts: 0,
         };
@@ -105,7 +108,9 @@ impl DataCluster {
         for (k, v) in extra {
             self.env.push((k.to_string(), v.to_string()));
         }
-        let p = self.service("flusher", Ports::free());
+        let ports = Ports::free();
+        self.worker_ports.push(ports);
+        let p = self.service("flusher", ports);
         self.env = saved;
         self.flushers.push(Some(p));
         self.flushers.len() - 1
@@ -121,7 +126,9 @@ impl DataCluster {
         for (k, v) in extra {
             self.env.push((k.to_string(), v.to_string()));
         }
-        let p = self.service("compactor", Ports::free());
+        let ports = Ports::free();
+        self.worker_ports.push(ports);
+        let p = self.service("compactor", ports);
         self.env = saved;
         self.compactors.push(Some(p));
         self.compactors.len() - 1
