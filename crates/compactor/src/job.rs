@@ -32,6 +32,7 @@ use runtime::grpc::TracedChannel;
 use runtime::worker::{AttemptGuard, RunningAttempts};
 use sst::SstOptions;
 use storage::Storage;
+use tracing::Instrument;
 
 use crate::error::CompactionError;
 use crate::merge::{Compacted, Control, MergeOptions, Progress, compact};
@@ -60,14 +61,19 @@ pub struct CompactionContext {
     pub metrics: CompactionMetrics,
 }
 
-/// The span of one attempt. Created where the dispatch RPC is handled, so that it is a
-/// child of the RPC's span and the attempt joins the trace the scheduler started.
+/// The span of one attempt. Created where the dispatch RPC is handled (the RPC's server
+/// span is current there), so that it is a child of the RPC's span and the attempt joins
+/// the trace the scheduler started; its CompleteTask call carries the same trace back, so
+/// the scheduler's commit is part of it too. Its children: `check_inputs`, `merge` (with
+/// `subcompaction`, `read_inputs`, `open_input` and `write_output` below it, see
+/// [`crate::merge`]) and `report`. Every log line of the attempt carries its fields.
 pub fn attempt_span(attempt: &CompactionAttempt) -> tracing::Span {
     tracing::info_span!(
         "compaction",
         task_id = attempt.task_id,
         attempt = attempt.attempt,
         table = %attempt.spec.table,
+        task_type = "compaction",
         output_level = attempt.spec.output_level,
     )
 }
@@ -109,8 +115,9 @@ async fn finish(
                 tracing::warn!(error = %error.message, retriable = error.retriable, "compaction failed");
             }
             let request = report::failure(attempt.task_id, attempt.attempt, worker_id, error);
-            let reported =
-                report::complete_task(ctx.scheduler.clone(), request, &guard.cancel).await;
+            let reported = report::complete_task(ctx.scheduler.clone(), request, &guard.cancel)
+                .instrument(report_span("failure"))
+                .await;
             log_unreported(&reported);
             return Outcome::Failed;
         }
@@ -148,7 +155,10 @@ async fn finish(
             )
         }
     };
-    match report::complete_task(ctx.scheduler.clone(), request, &guard.cancel).await {
+    match report::complete_task(ctx.scheduler.clone(), request, &guard.cancel)
+        .instrument(report_span("success"))
+        .await
+    {
         Reported::Accepted => Outcome::Succeeded,
         Reported::Refused(status) => {
             tracing::warn!(
@@ -165,6 +175,12 @@ async fn finish(
             Outcome::Failed
         }
     }
+}
+
+/// The span of the CompleteTask call(s): the scheduler's handling of the report is its
+/// child.
+fn report_span(outcome: &'static str) -> tracing::Span {
+    tracing::info_span!("report", outcome)
 }
 
 fn log_unreported(reported: &Reported) {
@@ -197,7 +213,12 @@ async fn compact_attempt(
     guard: &AttemptGuard,
 ) -> Result<Compacted, CompactionError> {
     ctx.storage.check_space(spec.input_bytes())?;
-    check_inputs(&ctx.storage, spec).await?;
+    check_inputs(&ctx.storage, spec)
+        .instrument(tracing::info_span!(
+            "check_inputs",
+            inputs = spec.input_count()
+        ))
+        .await?;
 
     let threads = spec.max_subcompactions.min(ctx.worker_count).max(1) as usize;
     let options = MergeOptions {
@@ -222,6 +243,8 @@ async fn compact_attempt(
         readahead_for(sources_at_once(spec) * threads),
     ));
 
+    // The blocking thread has no current span of its own: enter the attempt's, so that the
+    // merge's spans are its children and its log lines carry the attempt's ids.
     let span = tracing::Span::current();
     let merge = {
         let (spec, control) = (spec.clone(), control.clone());

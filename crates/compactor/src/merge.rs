@@ -19,6 +19,13 @@
 //!    starts an output first, so they are unique but not in key order; the outputs are
 //!    listed in key order.
 //!
+//! Spans (children of whatever span is current on the calling thread, the attempt's in the
+//! compactor): `merge` around the whole merge; under it one `subcompaction` per range when
+//! there are several; in each range `read_inputs` (opening the range's sources and seeking
+//! to its start; files of sorted levels are opened lazily later, each in an `open_input`
+//! span, see [`crate::sources`]) and one `write_output` per output, from its first entry
+//! until it is finished (stored).
+//!
 //! Every few thousand entries, and whenever the builders have written another
 //! [`CHECK_BYTES`], a range checks for cancellation, publishes progress and pays the IO
 //! budget ([`crate::throttle`]). When a range fails, the others stop at their next check;
@@ -146,6 +153,16 @@ pub fn compact<S: SstStore>(
         options.threads.max(1),
         options.min_subcompaction_bytes,
     );
+    let span = tracing::info_span!(
+        "merge",
+        inputs = spec.input_count(),
+        ranges = ranges.len(),
+        bottommost = spec.bottommost,
+        outputs = tracing::field::Empty,
+        entries_in = tracing::field::Empty,
+        entries_out = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let read_before = control.progress.bytes_read.load(Ordering::Relaxed);
     let shared = Shared {
         store,
@@ -195,6 +212,9 @@ pub fn compact<S: SstStore>(
         shared.discard_finished();
         return Err(e);
     }
+    span.record("outputs", outputs.len());
+    span.record("entries_in", stats.input_entries);
+    span.record("entries_out", stats.output_entries);
     Ok(Compacted {
         bytes_written: outputs.iter().map(|o| o.size).sum(),
         bytes_read: control.progress.bytes_read.load(Ordering::Relaxed) - read_before,
@@ -210,13 +230,15 @@ fn run_threads<S: SstStore>(
     opener: &Arc<dyn OpenInput>,
     ranges: &[KeyRange],
 ) -> Vec<Result<RangeOutput, CompactionError>> {
-    let span = tracing::Span::current();
+    // A new thread has no current span: each range's span is made a child of the caller's
+    // (`merge`) explicitly and entered on its thread.
+    let parent = tracing::Span::current();
     std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .iter()
             .enumerate()
             .map(|(i, range)| {
-                let span = span.clone();
+                let span = tracing::info_span!(parent: &parent, "subcompaction", range = i);
                 std::thread::Builder::new()
                     .name(format!("subcompaction-{i}"))
                     .spawn_scoped(scope, move || {
@@ -304,6 +326,8 @@ struct Output<W: Write> {
     file_id: u64,
     path: String,
     builder: SstBuilder<W>,
+    /// `write_output`: open from the output's first entry until it is stored.
+    span: tracing::Span,
     /// The user key of the last entry added.
     last_user_key: Vec<u8>,
     /// Of `builder.bytes_written()`, what was already counted and paid for.
@@ -321,11 +345,16 @@ impl<S: SstStore> Shared<'_, S> {
         if self.stop.is_cancelled() {
             return Err(CompactionError::Cancelled);
         }
-        let sources = range_sources(&self.spec.inputs, range, opener)?;
-        let merged =
-            Bounded::new(MergingIterator::new(sources), range.clone()).with_stop(self.stop.clone());
-        let mut it = CompactionIterator::new(merged, self.spec.bottommost, &[]);
-        it.seek_to_first().map_err(merge_error)?;
+        let mut it =
+            tracing::info_span!("read_inputs", sources = tracing::field::Empty).in_scope(|| {
+                let sources = range_sources(&self.spec.inputs, range, opener)?;
+                tracing::Span::current().record("sources", sources.len());
+                let merged = Bounded::new(MergingIterator::new(sources), range.clone())
+                    .with_stop(self.stop.clone());
+                let mut it = CompactionIterator::new(merged, self.spec.bottommost, &[]);
+                it.seek_to_first().map_err(merge_error)?;
+                Ok::<_, CompactionError>(it)
+            })?;
 
         let target = self.spec.target_file_size;
         let mut outputs = Vec::new();
@@ -412,7 +441,13 @@ impl<S: SstStore> Shared<'_, S> {
                 allotted: ids.len(),
             })?;
         let path = self.store.path(file_id);
-        let writer = self.store.create_output(file_id)?;
+        let span = tracing::info_span!(
+            "write_output",
+            file_id,
+            bytes = tracing::field::Empty,
+            entries = tracing::field::Empty,
+        );
+        let writer = span.in_scope(|| self.store.create_output(file_id))?;
         let mut builder = SstBuilder::new(path.clone(), writer, self.options.sst_options.clone())
             .map_err(|e| CompactionError::from_output(e, &path))?;
         builder.set_creation_time_ms(self.options.creation_time_ms);
@@ -420,6 +455,7 @@ impl<S: SstStore> Shared<'_, S> {
             file_id,
             path,
             builder,
+            span,
             last_user_key: Vec::new(),
             accounted: 0,
         })
@@ -428,11 +464,14 @@ impl<S: SstStore> Shared<'_, S> {
     /// Finishes an output and makes it visible; also returns its bytes not yet accounted
     /// for (see [`Shared::check`]).
     fn finish_output(&self, o: Output<S::Writer>) -> Result<(OutputFile, u64), CompactionError> {
+        let _entered = o.span.enter();
         let (info, writer) = o
             .builder
             .finish_into_inner()
             .map_err(|e| CompactionError::from_output(e, &o.path))?;
         let size = self.store.finish_output(o.file_id, writer)?;
+        o.span.record("bytes", size);
+        o.span.record("entries", info.entry_count);
         self.finished
             .lock()
             .unwrap_or_else(|e| e.into_inner())

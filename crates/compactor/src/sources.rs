@@ -34,7 +34,8 @@ pub trait OpenInput: Send + Sync {
     fn open(&self, file: &FileMeta) -> Result<SstReader, CompactionError>;
 }
 
-/// Opens inputs from a store, counting every byte read into the attempt's progress.
+/// Opens inputs from a store, counting every byte read into the attempt's progress. Each
+/// open (footer, index and filter reads) is an `open_input` span.
 pub struct Opener<S> {
     pub store: Arc<S>,
     pub progress: Arc<Progress>,
@@ -42,6 +43,8 @@ pub struct Opener<S> {
 
 impl<S: SstStore> OpenInput for Opener<S> {
     fn open(&self, file: &FileMeta) -> Result<SstReader, CompactionError> {
+        let _span =
+            tracing::info_span!("open_input", file_id = file.id, size = file.size).entered();
         let source = Counted {
             inner: self.store.open_input(file)?,
             progress: self.progress.clone(),

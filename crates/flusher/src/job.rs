@@ -37,6 +37,7 @@ use sst::{SstError, SstInfo, SstOptions};
 use storage::{BlockingWriter, ObjectWriter, Storage};
 use tokio::sync::mpsc;
 use tonic::Streaming;
+use tracing::Instrument;
 
 use crate::error::FlushError;
 use crate::observe::{FlushMetrics, Outcome};
@@ -79,14 +80,20 @@ struct Flushed {
     bytes_read: u64,
 }
 
-/// The span of one attempt. Created where the dispatch RPC is handled, so that it is a
-/// child of the RPC's span and the attempt joins the trace the scheduler started.
+/// The span of one attempt. Created where the dispatch RPC is handled (the RPC's server
+/// span is current there), so that it is a child of the RPC's span and the attempt joins
+/// the trace the scheduler started; its CompleteTask call carries the same trace back to
+/// the scheduler's commit. Its children: `read_memtable` (the replayer's stream, whose
+/// server span is in turn its child), `build_sst` (the build thread) with `write_output`
+/// (finishing the SST and its upload) below it, and `report`. Every log line of the
+/// attempt carries its fields.
 pub fn attempt_span(attempt: &FlushAttempt) -> tracing::Span {
     tracing::info_span!(
         "memtable_flush",
         task_id = attempt.task_id,
         attempt = attempt.attempt,
         table = %attempt.spec.table,
+        task_type = "memtable_flush",
         memtable_id = attempt.spec.memtable_id,
     )
 }
@@ -118,8 +125,9 @@ async fn finish(
             tracing::warn!(error = %e, "flush failed");
             let error = e.to_task_error(&attempt.spec, attempt.attempt, now_ms());
             let request = report::failure(attempt.task_id, attempt.attempt, worker_id, error);
-            let reported =
-                report::complete_task(ctx.scheduler.clone(), request, &guard.cancel).await;
+            let reported = report::complete_task(ctx.scheduler.clone(), request, &guard.cancel)
+                .instrument(report_span("failure"))
+                .await;
             log_unreported(&reported);
             return Outcome::Failed;
         }
@@ -152,7 +160,10 @@ async fn finish(
             )
         }
     };
-    match report::complete_task(ctx.scheduler.clone(), request, &guard.cancel).await {
+    match report::complete_task(ctx.scheduler.clone(), request, &guard.cancel)
+        .instrument(report_span("success"))
+        .await
+    {
         Reported::Accepted => Outcome::Succeeded,
         Reported::Refused(status) => {
             tracing::warn!(
@@ -169,6 +180,12 @@ async fn finish(
             Outcome::Failed
         }
     }
+}
+
+/// The span of the CompleteTask call(s): the scheduler's handling of the report is its
+/// child.
+fn report_span(outcome: &'static str) -> tracing::Span {
+    tracing::info_span!("report", outcome)
 }
 
 fn log_unreported(reported: &Reported) {
@@ -203,7 +220,15 @@ async fn flush(
     let spec = &attempt.spec;
     ctx.storage
         .check_space(spec.size_bytes.saturating_mul(SPACE_MARGIN))?;
-    let mut stream = open_stream(spec, ctx.request_timeout, guard).await?;
+    // One span over the whole stream, from the call until its last message.
+    let read_span = tracing::info_span!(
+        "read_memtable",
+        replayer = %spec.replayer_address,
+        bytes_read = tracing::field::Empty,
+    );
+    let mut stream = open_stream(spec, ctx.request_timeout, guard)
+        .instrument(read_span.clone())
+        .await?;
     let object = ctx.storage.writer(&spec.sst_path()).await?;
 
     let (tx, rx) = mpsc::channel(FEED_DEPTH);
@@ -219,7 +244,13 @@ async fn flush(
         rx,
         written.clone(),
     );
-    let pumped = pump(&mut stream, tx, guard, &written, ctx.request_timeout).await;
+    let pumped = pump(&mut stream, tx, guard, &written, ctx.request_timeout)
+        .instrument(read_span.clone())
+        .await;
+    if let Pumped::Complete { bytes_read } = &pumped {
+        read_span.record("bytes_read", bytes_read);
+    }
+    drop(read_span);
     // Always wait for the build thread: once it returns, an aborted upload is gone.
     let built = build
         .await
@@ -366,7 +397,14 @@ fn spawn_build(
     written: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<Result<(SstInfo, u64), FlushError>> {
     let handle = tokio::runtime::Handle::current();
-    let span = tracing::Span::current();
+    // Created here, where the attempt's span is current, and entered on the blocking thread
+    // (which has no current span of its own).
+    let span = tracing::info_span!(
+        "build_sst",
+        file = %params.file_name,
+        entries = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    );
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         // Every early return drops the writer here, on this thread, which aborts the upload
@@ -380,6 +418,8 @@ fn spawn_build(
                 "the memtable stream stopped before its end".to_owned(),
             ));
         }
+        // Index, filter and footer, then the upload's last part and its completion.
+        let _write = tracing::info_span!("write_output").entered();
         let (info, sink) = writer.finish()?;
         let sink = sink.into_inner().map_err(|e| {
             FlushError::from(WriteError::Sst(SstError::Io {
@@ -388,6 +428,8 @@ fn spawn_build(
             }))
         })?;
         let size = sink.finish()?;
+        span.record("entries", info.entry_count);
+        span.record("bytes", size);
         Ok((info, size))
     })
 }

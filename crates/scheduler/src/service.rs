@@ -638,15 +638,26 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         };
         let outcome = convert::outcome_from_pb(req.outcome)?;
         let failed = matches!(outcome, crate::core::Outcome::Failure(_));
+        // The commit, a child of this RPC's span and so of the worker's attempt: the last
+        // span of the task's trace.
+        let commit = tracing::info_span!(
+            "commit",
+            task_id = req.task_id,
+            attempt = req.attempt,
+            task_type = tracing::field::Empty,
+            table = tracing::field::Empty,
+            failed,
+            status = tracing::field::Empty,
+        );
         // One pass through the core (one durability wait) for the commit and what the
         // metrics need to know about it.
-        let (kind, started_ms, result, state) = self
-            .0
-            .mutate(|c, now| {
+        let (kind, started_ms, result, state) = tracing::Instrument::instrument(
+            self.0.mutate(|c, now| {
                 let t = c.task(req.task_id);
                 let kind = t.map(|t| t.kind());
                 let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
                 let table = t.map(|t| t.spec.table().to_owned()).unwrap_or_default();
+                commit.record("table", table.as_str());
                 let result = c.complete(req.task_id, req.attempt, outcome, now);
                 if result.is_ok() && !failed && !table.is_empty() {
                     // A staged flush counts now: it commits (in order) later.
@@ -655,9 +666,12 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 }
                 let state = c.task(req.task_id).map(|t| t.state);
                 (kind, started, result, state)
-            })
-            .await;
+            }),
+            commit.clone(),
+        )
+        .await;
         let label = kind.map_or("unknown", |k| k.label());
+        commit.record("task_type", label);
         match result {
             Ok(()) => {
                 let status = match state {
@@ -665,6 +679,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                     Some(TaskState::Failed) => "failed",
                     _ => "retried",
                 };
+                commit.record("status", status);
                 metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => status, "service" => "scheduler").increment(1);
                 if let Some(started) = started_ms {
                     let secs = (now_ms() - started).max(0) as f64 / 1000.0;
@@ -683,6 +698,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 Ok(Response::new(pb::CompleteTaskResponse { accepted: true }))
             }
             Err(e) => {
+                commit.record("status", "refused");
                 metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => "refused", "service" => "scheduler").increment(1);
                 if matches!(e, crate::core::CoreError::Refused(_)) {
                     metrics::counter!(STALE_COMMITS_REFUSED).increment(1);
