@@ -170,6 +170,27 @@ struct TaskTrace {
 }
 
 impl TaskTrace {
+    /// The dispatch span's parent is the scheduler's `decide` span of the same task: the
+    /// trace starts where the task was decided, and its queueing time shows between them.
+    fn decided(&self) -> Result<(), String> {
+        let dispatch = &self.spans[&self.dispatch];
+        let parent = self
+            .spans
+            .get(&dispatch.parent)
+            .ok_or("the dispatch span has no parent in the trace")?;
+        if parent.service != "scheduler" || parent.name != "decide" {
+            return Err(format!(
+                "the dispatch span's parent is {parent:?}, not decide"
+            ));
+        }
+        for k in ["task_id", "task_type"] {
+            if parent.attr(k) != dispatch.attr(k) {
+                return Err(format!("decide {k} {:?} != dispatch's", parent.attr(k)));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `ancestor` is on the parent chain of `span` (or is `span`).
     fn descends(&self, span: &Span, ancestor: &[u8]) -> bool {
         let mut at = Some(span);
@@ -267,6 +288,7 @@ impl TaskTrace {
 }
 
 fn check_compaction(t: &TaskTrace) -> Result<(), String> {
+    t.decided()?;
     let attempt = t.worker_attempt("compactor", "*/CompactLevel", "compaction")?;
     let merge = t.find("compactor", "merge", &attempt.id)?;
     t.find("compactor", "read_inputs", &merge.id)?;
@@ -275,6 +297,7 @@ fn check_compaction(t: &TaskTrace) -> Result<(), String> {
 }
 
 fn check_flush(t: &TaskTrace) -> Result<(), String> {
+    t.decided()?;
     let attempt = t.worker_attempt("flusher", "*/FlushMemtable", "memtable_flush")?;
     let read = t.find("flusher", "read_memtable", &attempt.id)?;
     // The replayer serves the stream inside the same trace.

@@ -280,6 +280,7 @@ mod tests {
             priority: 0,
             finished_at_ms: 0,
             staged_files: None,
+            trace_parent: String::new(),
         }
     }
 

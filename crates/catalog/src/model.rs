@@ -226,6 +226,10 @@ pub struct TaskRecord {
     /// reaches its `after_seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_files: Option<Vec<FileMeta>>,
+    /// W3C traceparent of the span that decided this task: every attempt's dispatch (and so
+    /// the worker's execution and the commit) continues that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_parent: String,
 }
 
 impl TaskRecord {

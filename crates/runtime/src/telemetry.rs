@@ -137,3 +137,24 @@ pub fn server_span(req: &http::Request<()>) -> tracing::Span {
     let _ = span.set_parent(parent);
     span
 }
+
+/// The W3C `traceparent` of `span` (empty when tracing is off or the span is disabled), to
+/// store with something that outlives the span — a task — and continue its trace later.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let cx = span.context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the span a stored `traceparent` names (nothing if it is empty
+/// or malformed).
+pub fn set_parent_from(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    let _ = span.set_parent(parent);
+}

@@ -118,6 +118,7 @@ pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Res
                     Err(e) => tracing::debug!(table, error = %e, "cleanup not queued"),
                 }
             }
+            crate::service::trace_new_tasks(c);
             ids
         })
         .await;

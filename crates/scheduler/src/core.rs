@@ -123,6 +123,8 @@ pub struct Dispatch {
     /// StatisticsUpdate: the table's files at dispatch, by level, and its columns.
     pub levels: Vec<(u32, Vec<FileMeta>)>,
     pub columns: Vec<ColumnDef>,
+    /// The trace the task belongs to (its `decide` span), for the dispatch span's parent.
+    pub trace_parent: String,
 }
 
 /// What a worker reported when it finished an attempt.
@@ -544,6 +546,7 @@ impl Core {
                 priority,
                 finished_at_ms: 0,
                 staged_files: None,
+                trace_parent: String::new(),
             },
         );
         self.dirty.tasks.insert(id);
@@ -595,6 +598,28 @@ impl Core {
         self.dirty.manifests.insert(table.to_owned());
         self.repick.insert(table.to_owned());
         self.stats_dirty.insert(table.to_owned());
+    }
+
+    /// Live tasks not yet given a trace (`trace_parent` empty): (id, kind, table, reason).
+    pub fn untraced(&self) -> Vec<(u64, TaskKind, String, String)> {
+        self.live_tasks()
+            .filter(|t| t.trace_parent.is_empty())
+            .map(|t| {
+                let reason = match &t.spec {
+                    TaskSpec::Compaction { reason, .. } => reason.clone(),
+                    _ => String::new(),
+                };
+                (t.id, t.kind(), t.spec.table().to_owned(), reason)
+            })
+            .collect()
+    }
+
+    /// Records the trace a task belongs to (W3C traceparent; `"none"` when tracing is off).
+    pub fn set_trace_parent(&mut self, id: u64, traceparent: String) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.trace_parent = traceparent;
+            self.dirty.tasks.insert(id);
+        }
     }
 
     /// Adds `delta` to the persisted counter `name`.
@@ -1188,6 +1213,7 @@ impl Core {
                 output_file_ids,
                 levels: Vec::new(),
                 columns: Vec::new(),
+                trace_parent: task.trace_parent.clone(),
             };
             if let TaskSpec::StatisticsUpdate { table } = &dispatch.spec {
                 if let Some(m) = self.manifests.get(table) {

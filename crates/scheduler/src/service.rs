@@ -306,6 +306,8 @@ impl SchedulerState {
     /// worker); a refusal or an unreachable worker returns the task to the queue.
     async fn send(self: Arc<Self>, d: Dispatch) {
         let span = tracing::info_span!("dispatch", task_id = d.task_id, attempt = d.attempt, table = d.spec.table(), task_type = d.spec.kind().label(), worker = %d.address);
+        // Every attempt continues the trace of the decision that created the task.
+        runtime::telemetry::set_parent_from(&span, &d.trace_parent);
         tracing::Instrument::instrument(self.send_in_span(d), span).await
     }
 
@@ -487,6 +489,18 @@ impl SchedulerState {
     }
 }
 
+/// Gives every new task a trace: a short `decide` span (a child of the current span — the
+/// RPC that asked for the work, when there is one) whose context the task keeps, so each
+/// attempt's dispatch, the worker's execution and the commit are one trace with it, and the
+/// gap between `decide` and `dispatch` is the time spent queued.
+pub(crate) fn trace_new_tasks(c: &mut Core) {
+    for (id, kind, table, reason) in c.untraced() {
+        let span = tracing::info_span!("decide", task_id = id, task_type = kind.label(), table = %table, reason = %reason);
+        let tp = runtime::telemetry::traceparent_of(&span);
+        c.set_trace_parent(id, if tp.is_empty() { "none".to_owned() } else { tp });
+    }
+}
+
 /// The dispatch loop: on a short ticker and whenever woken, expire leases, pick
 /// compactions for the tables that changed (all tables every `scheduler.pick_interval`)
 /// and hand out work; every 5 s also forget old finished tasks.
@@ -523,6 +537,7 @@ pub async fn dispatch_loop(
                     // After a change, statistics wait for things to settle a little.
                     c.queue_statistics(interval, interval.min(10_000), now);
                 }
+                trace_new_tasks(c);
                 if !queued.is_empty() || moved > 0 {
                     tracing::info!(
                         queued = queued.len(),
@@ -758,7 +773,9 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 {
                     return Ok(0);
                 }
-                c.submit(spec, priority, now)
+                let id = c.submit(spec, priority, now);
+                trace_new_tasks(c);
+                id
             })
             .await
             .map_err(status_of)?;
@@ -1033,6 +1050,7 @@ impl pb::admin_server::Admin for AdminApi {
                         ids.push(c.submit(spec, p, now)?);
                     }
                 }
+                trace_new_tasks(c);
                 Ok(ids)
             })
             .await;
@@ -1070,7 +1088,7 @@ impl pb::admin_server::Admin for AdminApi {
                 if tables.is_empty() && !req.table.is_empty() {
                     return Err(crate::core::CoreError::TableNotFound(req.table.clone()));
                 }
-                tables
+                let ids = tables
                     .into_iter()
                     .map(|(table, checkpoint)| {
                         let spec = TaskSpec::WalReplay {
@@ -1086,7 +1104,9 @@ impl pb::admin_server::Admin for AdminApi {
                         let p = priority_of(&spec);
                         c.submit(spec, p, now)
                     })
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>();
+                trace_new_tasks(c);
+                ids
             })
             .await
             .map_err(status_of)?;
