@@ -43,11 +43,34 @@ pub fn parse_state(s: &str) -> Option<pb::TaskState> {
         .filter(|s| *s != pb::TaskState::Unspecified)
 }
 
+/// `1.5 MiB`-style sizes (binary units).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 pub fn message(m: &str, as_json: bool) -> String {
     render(m.to_owned(), json!({ "message": m }), as_json)
 }
 
-pub fn status(s: &pb::GetStatusResponse, forecasts: &[pb::StallForecast], as_json: bool) -> String {
+/// `status`: the scheduler, each worker (`probes[i]` is worker i's own GetStatus, or why it
+/// could not be asked), the stall forecast of each table.
+pub fn status(
+    s: &pb::GetStatusResponse,
+    probes: &[Result<pb::ServiceInfo, String>],
+    forecasts: &[pb::StallForecast],
+    as_json: bool,
+) -> String {
     let sched = s.scheduler.clone().unwrap_or_default();
     let mut text = format!(
         "scheduler {}  version {}  up {}s  tables {}  running {}  pending {}\nworkers:",
@@ -64,22 +87,43 @@ pub fn status(s: &pb::GetStatusResponse, forecasts: &[pb::StallForecast], as_jso
     let workers: Vec<Value> = s
         .workers
         .iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
             text.push_str(&format!(
-                "\n  {:<10} {:<22} id {:<4} slots {:<3} running {:<3} {} (heartbeat {} ms ago)",
+                "\n  {:<10} {:<22} id {:<4} slots {:<3} running {:<3} {} (heartbeat {} ms ago)  version {}",
                 worker_kind(w.kind),
                 w.address,
                 w.worker_id,
                 w.slots,
                 w.running,
                 if w.alive { "alive" } else { "DEAD" },
-                w.last_heartbeat_ms_ago
+                w.last_heartbeat_ms_ago,
+                w.version,
             ));
-            json!({
+            let mut v = json!({
                 "id": w.worker_id, "kind": worker_kind(w.kind), "address": w.address,
                 "slots": w.slots, "running": w.running, "alive": w.alive,
                 "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago, "version": w.version,
-            })
+            });
+            match probes.get(i) {
+                Some(Ok(info)) => {
+                    text.push_str(&format!(
+                        "  up {}s  memory {}",
+                        info.uptime_seconds,
+                        human_bytes(info.memory_bytes)
+                    ));
+                    v["reachable"] = json!(true);
+                    v["uptime_seconds"] = json!(info.uptime_seconds);
+                    v["memory_bytes"] = json!(info.memory_bytes);
+                }
+                Some(Err(e)) => {
+                    text.push_str(&format!("  GetStatus failed: {e}"));
+                    v["reachable"] = json!(false);
+                    v["error"] = json!(e);
+                }
+                None => {}
+            }
+            v
         })
         .collect();
     text.push_str("\ntables:");
@@ -106,7 +150,10 @@ pub fn status(s: &pb::GetStatusResponse, forecasts: &[pb::StallForecast], as_jso
         })
         .collect();
     let value = json!({
-        "scheduler": { "address": sched.advertised_address, "version": sched.version, "uptime_seconds": sched.uptime_seconds },
+        "scheduler": {
+            "address": sched.advertised_address, "version": sched.version, "uptime_seconds": sched.uptime_seconds,
+            "memory_bytes": sched.memory_bytes,
+        },
         "tables": s.tables, "running_tasks": s.running_tasks, "pending_tasks": s.pending_tasks,
         "workers": workers, "forecast": forecast,
     });
@@ -194,8 +241,130 @@ pub fn manifest(m: &pb::Manifest, as_json: bool) -> String {
     )
 }
 
-fn task_value(t: &pb::Task) -> Value {
-    json!({
+/// `levels`: one row per level of the manifest (files, bytes, entries, tombstones, the
+/// level's key range, files locked by running compactions), and the table's L0 stall
+/// figures when the forecast has them.
+pub fn levels(m: &pb::Manifest, forecast: Option<&pb::StallForecast>, as_json: bool) -> String {
+    let mut text = format!(
+        "table {}  version {}  checkpoint {}\n{:<5} {:>6} {:>14} {:>10} {:>10} {:>6}  key range",
+        m.table,
+        m.version,
+        m.checkpoint,
+        "level",
+        "files",
+        "bytes",
+        "entries",
+        "tombstones",
+        "locked"
+    );
+    let rows: Vec<Value> = m
+        .levels
+        .iter()
+        .map(|l| {
+            let bytes: u64 = l.files.iter().map(|f| f.size_bytes).sum();
+            let entries: u64 = l.files.iter().map(|f| f.entry_count).sum();
+            let tombstones: u64 = l.files.iter().map(|f| f.tombstone_count).sum();
+            let locked = l
+                .files
+                .iter()
+                .filter(|f| m.locked_file_ids.contains(&f.file_id))
+                .count();
+            let smallest = l.files.iter().map(|f| f.smallest_key.as_slice()).min();
+            let largest = l.files.iter().map(|f| f.largest_key.as_slice()).max();
+            let range = match (smallest, largest) {
+                (Some(lo), Some(hi)) => format!("[{} .. {}]", key(lo), key(hi)),
+                _ => "-".to_owned(),
+            };
+            text.push_str(&format!(
+                "\nL{:<4} {:>6} {:>14} {:>10} {:>10} {:>6}  {range}",
+                l.level,
+                l.files.len(),
+                bytes,
+                entries,
+                tombstones,
+                locked
+            ));
+            json!({
+                "level": l.level, "files": l.files.len(), "bytes": bytes, "entries": entries,
+                "tombstones": tombstones, "locked_files": locked,
+                "smallest": smallest.map(key), "largest": largest.map(key),
+            })
+        })
+        .collect();
+    let total: u64 = m
+        .levels
+        .iter()
+        .flat_map(|l| &l.files)
+        .map(|f| f.size_bytes)
+        .sum();
+    text.push_str(&format!("\ntotal {total} bytes"));
+    let mut value = json!({
+        "table": m.table, "version": m.version, "checkpoint": m.checkpoint,
+        "levels": rows, "total_bytes": total,
+    });
+    if let Some(f) = forecast {
+        let stall = if f.seconds_to_stall < 0.0 {
+            "no stall ahead".to_owned()
+        } else {
+            format!("stall in {:.0} s", f.seconds_to_stall)
+        };
+        text.push_str(&format!(
+            "\nL0 {}/{} files before writes stop ({stall}); compaction debt {} bytes",
+            f.l0_files, f.l0_stop_threshold, f.debt_bytes
+        ));
+        value["l0_stop_threshold"] = json!(f.l0_stop_threshold);
+        value["seconds_to_stall"] = json!(f.seconds_to_stall);
+        value["debt_bytes"] = json!(f.debt_bytes);
+    }
+    render(text, value, as_json)
+}
+
+/// One line of `compact`'s final report per task (its state, inputs, output level and time),
+/// then its error history.
+pub fn compaction_summary(t: &pb::Task) -> String {
+    let mut text = format!(
+        "task {}  {}  table {}  attempt {}",
+        t.task_id,
+        task_state(t.state),
+        t.table,
+        t.attempt
+    );
+    if let Some(pb::task_spec::Spec::Compaction(c)) = t.spec.as_ref().and_then(|s| s.spec.as_ref())
+    {
+        let inputs: Vec<String> = c
+            .inputs
+            .iter()
+            .map(|l| format!("L{} {} file(s)", l.level, l.files.len()))
+            .collect();
+        text.push_str(&format!(
+            "  {} ({}) -> L{}",
+            inputs.join(" + "),
+            human_bytes(crate::compact::input_bytes(t)),
+            c.output_level
+        ));
+    }
+    if let Some(a) = t.attempts.iter().rfind(|a| a.attempt == t.attempt)
+        && a.ended_at_unix_ms >= a.started_at_unix_ms
+        && a.ended_at_unix_ms > 0
+    {
+        let ms = a.ended_at_unix_ms - a.started_at_unix_ms;
+        let took = if ms < 1000 {
+            format!("{ms} ms")
+        } else {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        };
+        text.push_str(&format!("  in {took} on {}", a.worker_address));
+    }
+    for e in &t.errors {
+        text.push_str(&format!("\n  error (attempt {}): {}", e.attempt, e.message));
+    }
+    text
+}
+
+/// A task as JSON. A compaction also carries `compaction`: its input files per level, their
+/// bytes, and the output level.
+pub fn task_value(t: &pb::Task) -> Value {
+    let mut v = json!({
         "id": t.task_id, "type": task_type(t.r#type), "state": task_state(t.state), "table": t.table,
         "attempt": t.attempt, "waiting_reason": t.waiting_reason, "priority": t.priority,
         "attempts": t.attempts.iter().map(|a| json!({
@@ -205,7 +374,19 @@ fn task_value(t: &pb::Task) -> Value {
         "errors": t.errors.iter().map(|e| json!({
             "attempt": e.attempt, "message": e.message, "file": e.file, "offset": e.offset, "retriable": e.retriable,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(pb::task_spec::Spec::Compaction(c)) = t.spec.as_ref().and_then(|s| s.spec.as_ref())
+    {
+        v["compaction"] = json!({
+            "inputs": c.inputs.iter().map(|l| json!({
+                "level": l.level, "files": l.files.iter().map(|f| f.file_id).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "input_bytes": crate::compact::input_bytes(t),
+            "output_level": c.output_level,
+            "reason": c.reason,
+        });
+    }
+    v
 }
 
 pub fn tasks(ts: &[pb::Task], as_json: bool) -> String {
@@ -474,4 +655,81 @@ pub fn stats(s: &pb::TableStatistics, as_json: bool) -> String {
         "computed_at_ms": s.computed_at_unix_ms,
     });
     render(text, value, as_json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_readable() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    fn file(id: u64, size: u64, lo: &str, hi: &str, entries: u64) -> pb::FileMeta {
+        pb::FileMeta {
+            file_id: id,
+            size_bytes: size,
+            smallest_key: lo.as_bytes().to_vec(),
+            largest_key: hi.as_bytes().to_vec(),
+            entry_count: entries,
+            tombstone_count: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn levels_sum_each_level_and_span_its_key_range() {
+        let m = pb::Manifest {
+            table: "t".into(),
+            version: 7,
+            checkpoint: 99,
+            levels: vec![
+                pb::Level {
+                    level: 0,
+                    files: vec![file(1, 100, "c", "x", 10), file(2, 50, "a", "m", 5)],
+                },
+                pb::Level {
+                    level: 1,
+                    files: vec![],
+                },
+            ],
+            locked_file_ids: vec![2],
+        };
+        let forecast = pb::StallForecast {
+            table: "t".into(),
+            l0_files: 2,
+            l0_stop_threshold: 36,
+            seconds_to_stall: -1.0,
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_str(&levels(&m, Some(&forecast), true)).expect("JSON");
+        assert_eq!(
+            v["levels"][0],
+            json!({
+                "level": 0, "files": 2, "bytes": 150, "entries": 15, "tombstones": 2,
+                "locked_files": 1, "smallest": "a", "largest": "x",
+            })
+        );
+        assert_eq!(v["levels"][1]["smallest"], Value::Null);
+        assert_eq!(
+            (v["total_bytes"].as_u64(), v["l0_stop_threshold"].as_u64()),
+            (Some(150), Some(36))
+        );
+        let text = levels(&m, Some(&forecast), false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "table t  version 7  checkpoint 99");
+        assert_eq!(
+            lines[2],
+            "L0         2            150         15          2      1  [a .. x]"
+        );
+        assert!(lines[3].ends_with("  -"), "{text}");
+        assert_eq!(
+            lines[5],
+            "L0 2/36 files before writes stop (no stall ahead); compaction debt 0 bytes"
+        );
+    }
 }
