@@ -94,6 +94,10 @@ pub struct LiveWorker {
     pub last_heartbeat_ms: i64,
     /// (task, attempt) dispatched to it and not finished.
     pub assigned: BTreeSet<(u64, u32)>,
+    /// A dispatch could not reach it: no more dispatches until it heartbeats again (a
+    /// killed worker would otherwise burn an attempt number every retry until its lease
+    /// runs out).
+    pub unreachable: bool,
 }
 
 /// Progress last reported for an attempt, and when it last moved.
@@ -259,6 +263,7 @@ impl Core {
                     record,
                     last_heartbeat_ms: now_ms,
                     assigned: BTreeSet::new(),
+                    unreachable: false,
                 },
             );
         }
@@ -815,6 +820,7 @@ impl Core {
                 },
                 last_heartbeat_ms: now_ms,
                 assigned: BTreeSet::new(),
+                unreachable: false,
             },
         );
         self.dirty.workers.insert(id);
@@ -844,6 +850,7 @@ impl Core {
             };
         };
         w.last_heartbeat_ms = now_ms;
+        w.unreachable = false;
         let mut cancel = self.pending_cancels.remove(&worker_id).unwrap_or_default();
         for (task_id, attempt, progress) in running {
             let current = self.tasks.get(task_id).is_some_and(|t| {
@@ -892,7 +899,7 @@ impl Core {
     fn free_worker(&self, kind: &str, now_ms: i64, avoid: Option<u64>) -> Option<&LiveWorker> {
         self.workers
             .values()
-            .filter(|w| w.record.kind == kind && self.is_alive(w, now_ms))
+            .filter(|w| w.record.kind == kind && self.is_alive(w, now_ms) && !w.unreachable)
             .filter(|w| (w.assigned.len() as u32) < w.record.slots)
             .min_by_key(|w| (Some(w.record.id) == avoid, w.assigned.len(), w.record.id))
     }
@@ -1285,6 +1292,27 @@ impl Core {
     /// The worker refused a dispatch (busy) or could not be reached: the attempt ends
     /// without counting as a failure and the task goes back to the queue.
     pub fn dispatch_refused(&mut self, task_id: u64, attempt: u32, now_ms: i64) {
+        self.requeue(task_id, attempt, false, now_ms);
+    }
+
+    /// The worker of a dispatch could not be reached: like [`Core::dispatch_refused`], and
+    /// the worker gets no dispatch until it heartbeats again.
+    pub fn dispatch_unreachable(&mut self, task_id: u64, attempt: u32, now_ms: i64) {
+        self.requeue(task_id, attempt, true, now_ms);
+    }
+
+    fn requeue(&mut self, task_id: u64, attempt: u32, unreachable: bool, now_ms: i64) {
+        if unreachable
+            && let Some(w) = self
+                .tasks
+                .get(&task_id)
+                .filter(|t| t.attempt == attempt)
+                .and_then(|t| t.current_attempt())
+                .map(|a| a.worker_id)
+                .and_then(|w| self.workers.get_mut(&w))
+        {
+            w.unreachable = true;
+        }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };

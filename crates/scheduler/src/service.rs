@@ -358,11 +358,17 @@ impl SchedulerState {
             Ok(true) => tracing::info!("dispatched"),
             // Busy, unreachable or slow: not the task's fault; back to the queue.
             Ok(false) => self.requeue(&d, "worker did not accept".to_owned()).await,
+            // Nothing listens there (a killed worker whose lease has not run out yet).
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::warn!(reason = %s.message(), "worker unreachable; task goes back to the queue");
+                self.mutate(|c, now| c.dispatch_unreachable(d.task_id, d.attempt, now))
+                    .await;
+                self.wake.notify_one();
+            }
             Err(s)
                 if matches!(
                     s.code(),
                     tonic::Code::ResourceExhausted
-                        | tonic::Code::Unavailable
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Cancelled
                 ) =>

@@ -827,3 +827,37 @@ fn cleanup_keeps_what_is_or_may_become_referenced_and_removed_files_for_a_grace_
     assert!(fresh.referenced_file_ids(T0 + 999, 1000).is_none());
     assert!(fresh.referenced_file_ids(T0 + 1000, 1000).is_some());
 }
+
+#[test]
+fn an_unreachable_worker_gets_nothing_until_it_heartbeats_again() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let d = c.tick(T0);
+    let first = d[0].worker_id;
+    let other = if first == a { b } else { a };
+    // The first worker was killed: its dispatch fails at once.
+    c.dispatch_unreachable(id, 1, T0 + 1);
+    // The retry goes to the other worker, not back to the dead one, and counts no failure.
+    let d = c.tick(T0 + 1000);
+    assert_eq!((d[0].worker_id, d[0].attempt), (other, 2));
+    assert!(c.task(id).expect("task").errors.is_empty());
+    c.complete(
+        id,
+        2,
+        success(vec![file(d[0].output_file_ids[0], "a", "b", 10)]),
+        T0 + 1001,
+    )
+    .expect("commit");
+    // Alone, an unreachable worker gets nothing; once it heartbeats it is back.
+    let id2 = c.submit(flush_spec(2, 20), 100, T0 + 1002).expect("submit");
+    c.heartbeat(other, &[], T0 + 1002);
+    let d = c.tick(T0 + 1003);
+    let w = d[0].worker_id;
+    c.dispatch_unreachable(id2, 1, T0 + 1004);
+    let busy_other = if w == a { b } else { a };
+    c.workers.get_mut(&busy_other).expect("w").unreachable = true;
+    assert!(c.tick(T0 + 2000).is_empty(), "no reachable worker");
+    c.heartbeat(w, &[], T0 + 2001);
+    let d = c.tick(T0 + 2002);
+    assert_eq!(d[0].worker_id, w);
+}
