@@ -277,16 +277,10 @@ async fn report_replay_error(
             at_unix_ms: now_ms(),
         })),
     };
-    let mut client = shared.scheduler.clone();
-    for i in 0..5u32 {
-        match client.complete_task(req.clone()).await {
-            Ok(_) => return,
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => return,
-            Err(s) => {
-                tracing::warn!(table = %spec.table, error = %s.message(), "reporting the ReplayError failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 << i)).await;
-            }
-        }
+    let reported =
+        runtime::report::complete_task(shared.scheduler.clone(), req, &guard.cancel).await;
+    if !matches!(reported, runtime::report::Reported::Accepted) {
+        tracing::warn!(table = %spec.table, "the ReplayError was not recorded: {reported:?}");
     }
 }
 

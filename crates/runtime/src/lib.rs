@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod report;
 pub mod telemetry;
 pub mod worker;
 
