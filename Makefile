@@ -44,11 +44,12 @@ lint: deps
 fmt:
 	$(CARGO) fmt --all
 
-## bench: criterion benchmarks (release profile; includes RocksDB comparisons) and the
-## replayer's memory figure (docs/bench/replay_flush.md). Both features only switch on
-## optional uses of the same rocksdb dependency: RocksDB is compiled once for them.
+## bench: criterion benchmarks (release profile; includes RocksDB comparisons), the
+## replayer's memory figure (docs/bench/replay_flush.md) and the full L0 compaction of
+## ~2 GB (docs/bench/compaction.md; DP_BENCH_COMPACTION_MB sets the size). The features
+## only switch on optional uses of the same rocksdb dependency: RocksDB is compiled once.
 bench: deps
-	$(CARGO) bench --workspace --features sst/rocksdb-bench,replayer/rocksdb-bench
+	$(CARGO) bench --workspace --features sst/rocksdb-bench,replayer/rocksdb-bench,compactor/rocksdb-bench
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (stable toolchain, no sanitizer)
 FUZZ_SECONDS ?= 60
