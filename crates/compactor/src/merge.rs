@@ -44,7 +44,7 @@ use sst::{SstBuilder, SstInfo, SstOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CompactionError;
-use crate::ranges::{KeyRange, plan_ranges};
+use crate::ranges::{KeyRange, plan_ranges_sampled};
 use crate::request::CompactionSpec;
 use crate::sources::{Bounded, OpenInput, Opener, range_sources};
 use crate::store::SstStore;
@@ -141,6 +141,22 @@ pub struct Compacted {
     pub subcompactions: usize,
 }
 
+/// Keys from inside every input (index-block separators; no data is read), so that
+/// subcompaction ranges can cut inputs that all span the same keys. An input that cannot be
+/// opened contributes nothing here: the merge reports the real error.
+fn sample_keys<S: SstStore>(store: &S, spec: &CompactionSpec) -> Vec<Vec<u8>> {
+    /// Samples per input: enough for even cuts, few enough to stay cheap.
+    const PER_INPUT: usize = 64;
+    spec.input_files()
+        .filter_map(|(_, f)| {
+            let source = store.open_input(f).ok()?;
+            sst::SstReader::open(source, store.path(f.id)).ok()
+        })
+        .flat_map(|r| r.sample_user_keys(PER_INPUT))
+        .map(|k| k.to_vec())
+        .collect()
+}
+
 /// Merges the inputs of `spec` from `store` into outputs in `store` (see the module docs).
 pub fn compact<S: SstStore>(
     store: &Arc<S>,
@@ -148,9 +164,16 @@ pub fn compact<S: SstStore>(
     options: &MergeOptions,
     control: &Control,
 ) -> Result<Compacted, CompactionError> {
-    let ranges = plan_ranges(
+    let threads = options.threads.max(1);
+    let samples = if threads > 1 {
+        sample_keys(store.as_ref(), spec)
+    } else {
+        Vec::new()
+    };
+    let ranges = plan_ranges_sampled(
         spec.input_files().map(|(_, f)| f),
-        options.threads.max(1),
+        &samples,
+        threads,
         options.min_subcompaction_bytes,
     );
     let span = tracing::info_span!(

@@ -10,10 +10,10 @@
 //! over the boundary intervals it spans; each cut is then the file start nearest to the
 //! next `1/n` of the whole. Pure: metadata in, ranges out.
 //!
-//! A limit of cutting at file boundaries: inputs that all span the same keys (L0 files of
-//! a uniformly spread workload, merged by size-tiered compaction) offer no cut inside the
-//! data, and such a compaction stays on one thread. Cutting inside files would need keys
-//! from their index blocks, which this module does not read.
+//! File boundaries alone cannot split inputs that all span the same keys (L0 files of a
+//! uniformly spread workload): [`plan_ranges_sampled`] also takes keys sampled from the
+//! inputs' index blocks (`SstReader::sample_user_keys`), which sit where the data is dense,
+//! as more anchors and cut candidates.
 
 use lsm::manifest::FileMeta;
 
@@ -50,6 +50,18 @@ pub fn plan_ranges<'a>(
     max_ranges: usize,
     min_range_bytes: u64,
 ) -> Vec<KeyRange> {
+    plan_ranges_sampled(files, &[], max_ranges, min_range_bytes)
+}
+
+/// [`plan_ranges`] with `samples`: user keys from inside the inputs (index-block
+/// separators, evenly spread over each file's blocks), used as anchors and cut candidates
+/// besides the file boundaries.
+pub fn plan_ranges_sampled<'a>(
+    files: impl IntoIterator<Item = &'a FileMeta>,
+    samples: &[Vec<u8>],
+    max_ranges: usize,
+    min_range_bytes: u64,
+) -> Vec<KeyRange> {
     let files: Vec<&FileMeta> = files.into_iter().collect();
     let total: u64 = files.iter().map(|f| f.size).sum();
     let by_size = usize::try_from(total / min_range_bytes.max(1)).unwrap_or(usize::MAX);
@@ -61,6 +73,7 @@ pub fn plan_ranges<'a>(
     let mut anchors: Vec<&[u8]> = files
         .iter()
         .flat_map(|f| [f.smallest.as_ref(), f.largest.as_ref()])
+        .chain(samples.iter().map(Vec::as_slice))
         .collect();
     anchors.sort_unstable();
     anchors.dedup();
@@ -85,13 +98,16 @@ pub fn plan_ranges<'a>(
         }
     }
 
+    let starts: std::collections::BTreeSet<&[u8]> =
+        files.iter().map(|f| f.smallest.as_ref()).collect();
+    let sampled: std::collections::BTreeSet<&[u8]> = samples.iter().map(Vec::as_slice).collect();
     // Cut candidates: the smallest key of a file (cutting at a largest key would split
     // that file's last key off), after the first key, with the bytes that lie before it.
     let mut before = 0f64;
     let mut candidates: Vec<(&[u8], f64)> = Vec::new();
     for (i, anchor) in anchors.iter().enumerate().skip(1) {
         before += weights[i - 1];
-        if files.iter().any(|f| f.smallest.as_ref() == *anchor) {
+        if starts.contains(anchor) || sampled.contains(anchor) {
             candidates.push((anchor, before));
         }
     }
@@ -224,5 +240,29 @@ mod tests {
         assert!(!r.overlaps(b"f", b"z"));
         assert!(r.is_past_end(b"f") && !r.is_past_end(b"ez"));
         assert!(KeyRange::all().overlaps(b"a", b"b") && !KeyRange::all().is_past_end(b"z"));
+    }
+
+    #[test]
+    fn samples_split_inputs_that_all_span_the_same_keys() {
+        // Four L0 files over the whole key space: file boundaries offer no cut.
+        let files: Vec<FileMeta> = (0..4).map(|_| file("a000", "z999", 100 << 20)).collect();
+        assert_eq!(plan_ranges(&files, 2, 1).len(), 1, "no cut inside the data");
+        // Index samples of each file, evenly spread: the cut lands in the middle.
+        let samples: Vec<Vec<u8>> = (0..4)
+            .flat_map(|_| {
+                (1..64).map(|i| {
+                    format!("{}{:03}", (b'a' + (i * 25 / 64) as u8) as char, 0).into_bytes()
+                })
+            })
+            .collect();
+        let split = plan_ranges_sampled(&files, &samples, 2, 1);
+        assert_eq!(split.len(), 2, "{split:?}");
+        let cut = split[0].end.clone().expect("a cut");
+        assert!(
+            cut.as_slice() > b"k".as_slice() && cut.as_slice() < b"p".as_slice(),
+            "{:?}",
+            String::from_utf8_lossy(&cut)
+        );
+        assert_eq!(split[1].start.as_ref(), Some(&cut));
     }
 }

@@ -222,6 +222,24 @@ impl SstReader {
         self.inner.index.len()
     }
 
+    /// Up to `max` user keys spread evenly over the file's data blocks, in increasing
+    /// order: the index's block separators, so no data is read. Cut points for splitting
+    /// work on the file by key range (subcompactions).
+    pub fn sample_user_keys(&self, max: usize) -> Vec<Bytes> {
+        let n = self.inner.index.len();
+        if n == 0 || max == 0 {
+            return Vec::new();
+        }
+        let step = (n / max).max(1);
+        let mut keys: Vec<Bytes> = (step - 1..n)
+            .step_by(step)
+            .take(max)
+            .map(|i| Bytes::copy_from_slice(lsm::key::user_key(self.inner.index.key(i))))
+            .collect();
+        keys.dedup();
+        keys
+    }
+
     /// False if the bloom filter says `user_key` is certainly not in the file (always true
     /// for a file written without a filter).
     pub fn may_contain(&self, user_key: &[u8]) -> bool {
