@@ -1348,6 +1348,28 @@ impl Core {
         outcome: Outcome,
         now_ms: i64,
     ) -> Result<(), CoreError> {
+        let flush_of = self
+            .tasks
+            .get(&task_id)
+            .filter(|t| t.kind() == TaskKind::MemtableFlush)
+            .map(|t| t.spec.table().to_owned());
+        self.complete_one(task_id, attempt, outcome, now_ms)?;
+        // A flush that committed may be what staged successors waited for. (A loop, not
+        // recursion: a long chain of out-of-order completions must not exhaust the stack.)
+        if let Some(table) = flush_of {
+            self.commit_staged_flushes(&table, now_ms);
+        }
+        Ok(())
+    }
+
+    /// [`Core::complete`] without committing the staged flushes it unblocks.
+    fn complete_one(
+        &mut self,
+        task_id: u64,
+        attempt: u32,
+        outcome: Outcome,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
         let task = self
             .tasks
             .get(&task_id)
@@ -1496,9 +1518,6 @@ impl Core {
                 }
                 self.dirty.tasks.insert(task_id);
                 self.finish_bookkeeping(task_id, attempt);
-                if spec.kind() == TaskKind::MemtableFlush {
-                    self.commit_staged_flushes(&table, now_ms);
-                }
                 Ok(())
             }
         }
@@ -1531,7 +1550,7 @@ impl Core {
                 consumed_inputs: Vec::new(),
                 stats: None,
             };
-            if let Err(e) = self.complete(id, attempt, outcome, now_ms) {
+            if let Err(e) = self.complete_one(id, attempt, outcome, now_ms) {
                 // Cannot happen for a live staged flush; never loop on it.
                 tracing::warn!(task_id = id, error = %e, "staged flush could not commit");
                 return;

@@ -861,3 +861,55 @@ fn an_unreachable_worker_gets_nothing_until_it_heartbeats_again() {
     let d = c.tick(T0 + 2002);
     assert_eq!(d[0].worker_id, w);
 }
+
+#[test]
+fn a_long_chain_of_out_of_order_flushes_commits_in_order_without_recursion() {
+    let mut config = cfg();
+    config.queue_size = 10_000;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("table");
+    let w = c
+        .register_worker("flusher", "f", "f:1", 10_000, "v", T0)
+        .expect("f");
+    let n = 2_000u64;
+    let ids: Vec<u64> = (0..n)
+        .map(|i| {
+            c.submit(chained_flush(i + 1, i * 10, i * 10 + 10), 100, T0)
+                .expect("submit")
+        })
+        .collect();
+    let d = c.tick(T0);
+    assert_eq!(d.len(), n as usize);
+    let _ = w;
+    // Every flush but the first completes first (newest first): all staged.
+    for x in d.iter().rev() {
+        if x.task_id == ids[0] {
+            continue;
+        }
+        let i = ids.iter().position(|id| *id == x.task_id).expect("ours") as u64;
+        c.complete(
+            x.task_id,
+            1,
+            success(vec![file(x.output_file_ids[0], "a", "b", i * 10 + 10)]),
+            T0 + 1,
+        )
+        .expect("staged");
+    }
+    assert_eq!(c.manifest("t").map(|m| m.checkpoint), Some(0));
+    // The first one commits: the whole chain follows, in order, on a normal stack.
+    let first = d.iter().find(|x| x.task_id == ids[0]).expect("first");
+    c.complete(
+        ids[0],
+        1,
+        success(vec![file(first.output_file_ids[0], "a", "b", 10)]),
+        T0 + 2,
+    )
+    .expect("commit");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!(m.checkpoint, n * 10);
+    assert_eq!(m.levels.levels[0].len(), n as usize);
+    assert!(
+        ids.iter()
+            .all(|id| c.task(*id).map(|t| t.state) == Some(TaskState::Succeeded))
+    );
+}
