@@ -195,6 +195,12 @@ pub struct Core {
     /// File id → when a commit removed it from its manifest (cleanup waits a grace period
     /// from then, not from the file's creation). In memory: see [`Core::started_ms`].
     obsolete_since: BTreeMap<u64, i64>,
+    /// Live flush tasks by (table, memtable id): a repeated request finds its task at once.
+    live_flushes: HashMap<(String, u64), u64>,
+    /// Staged flushes by (table, after_seq): the next one to commit is found at once.
+    staged: BTreeMap<(String, u64), u64>,
+    /// Tasks queued since the last [`Core::untraced`] call.
+    untraced: BTreeSet<u64>,
     /// When this state was loaded: files made obsolete before a restart are unknown, so
     /// nothing is collected until a grace period after it.
     started_ms: i64,
@@ -253,6 +259,9 @@ impl Core {
             stats_dirty: BTreeSet::new(),
             stats_queued_ms: HashMap::new(),
             obsolete_since: BTreeMap::new(),
+            live_flushes: HashMap::new(),
+            staged: BTreeMap::new(),
+            untraced: BTreeSet::new(),
             started_ms: now_ms,
             dirty: Dirty::default(),
         };
@@ -284,6 +293,22 @@ impl Core {
         for (id, spec, state, attempt, worker) in live {
             for f in spec.input_file_ids() {
                 core.locks.insert(f, id);
+            }
+            if let TaskSpec::MemtableFlush {
+                table,
+                memtable_id,
+                after_seq,
+                ..
+            } = &spec
+            {
+                core.live_flushes.insert((table.clone(), *memtable_id), id);
+                if core
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.staged_files.is_some())
+                {
+                    core.staged.insert((table.clone(), *after_seq), id);
+                }
             }
             if state == TaskState::Running {
                 core.progress.insert(
@@ -478,18 +503,18 @@ impl Core {
         }
         // One flush task per frozen memtable: a repeated request gets the same task.
         if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec
-            && let Some(t) = self.live_tasks().find(|t| {
-                !t.state.is_final()
-                    && matches!(&t.spec, TaskSpec::MemtableFlush { table: tt, memtable_id: m, .. }
-                        if *tt == table && m == memtable_id)
-            })
+            && let Some(id) = self.live_flushes.get(&(table.clone(), *memtable_id))
         {
-            return Ok(t.id);
+            return Ok(*id);
         }
-        let pending = self
-            .live_tasks()
-            .filter(|t| t.state == TaskState::Pending)
-            .count();
+        // Counting is O(live): only when the queue could be full at all.
+        let pending = if self.live.len() < self.cfg.queue_size {
+            0
+        } else {
+            self.live_tasks()
+                .filter(|t| t.state == TaskState::Pending)
+                .count()
+        };
         if pending >= self.cfg.queue_size {
             return Err(CoreError::QueueFull {
                 pending,
@@ -537,6 +562,10 @@ impl Core {
             self.locks.insert(f, id);
         }
         self.live.insert(id);
+        self.untraced.insert(id);
+        if let TaskSpec::MemtableFlush { memtable_id, .. } = &spec {
+            self.live_flushes.insert((table.clone(), *memtable_id), id);
+        }
         self.tasks.insert(
             id,
             TaskRecord {
@@ -605,9 +634,12 @@ impl Core {
         self.stats_dirty.insert(table.to_owned());
     }
 
-    /// Live tasks not yet given a trace (`trace_parent` empty): (id, kind, table, reason).
-    pub fn untraced(&self) -> Vec<(u64, TaskKind, String, String)> {
-        self.live_tasks()
+    /// Tasks queued since the last call that have no trace yet (`trace_parent` empty):
+    /// (id, kind, table, reason). Tasks loaded from the catalog keep theirs.
+    pub fn untraced(&mut self) -> Vec<(u64, TaskKind, String, String)> {
+        let ids = std::mem::take(&mut self.untraced);
+        ids.into_iter()
+            .filter_map(|id| self.tasks.get(&id))
             .filter(|t| t.trace_parent.is_empty())
             .map(|t| {
                 let reason = match &t.spec {
@@ -708,6 +740,22 @@ impl Core {
 
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
         self.live.remove(&id);
+        if let Some(TaskSpec::MemtableFlush {
+            table,
+            memtable_id,
+            after_seq,
+            ..
+        }) = self.tasks.get(&id).map(|t| &t.spec)
+        {
+            let (flush_key, staged_key) =
+                ((table.clone(), *memtable_id), (table.clone(), *after_seq));
+            if self.live_flushes.get(&flush_key) == Some(&id) {
+                self.live_flushes.remove(&flush_key);
+            }
+            if self.staged.get(&staged_key) == Some(&id) {
+                self.staged.remove(&staged_key);
+            }
+        }
         let held = self.locks.len();
         self.locks.retain(|_, t| *t != id);
         if self.locks.len() != held
@@ -1408,6 +1456,8 @@ impl Core {
                 if let TaskSpec::MemtableFlush { after_seq, .. } = &spec {
                     let checkpoint = self.manifests.get(spec.table()).map_or(0, |m| m.checkpoint);
                     if *after_seq > checkpoint {
+                        self.staged
+                            .insert((spec.table().to_owned(), *after_seq), task_id);
                         if let Some(task) = self.tasks.get_mut(&task_id) {
                             task.staged_files = Some(files);
                             if let Some(a) = task
@@ -1528,16 +1578,13 @@ impl Core {
         loop {
             let checkpoint = self.manifests.get(table).map_or(0, |m| m.checkpoint);
             let next = self
-                .live_tasks()
-                .filter(|t| t.staged_files.is_some() && t.spec.table() == table)
-                .filter_map(|t| match &t.spec {
-                    TaskSpec::MemtableFlush { after_seq, .. } if *after_seq <= checkpoint => {
-                        Some((*after_seq, t.id, t.attempt))
-                    }
-                    _ => None,
-                })
-                .min();
-            let Some((_, id, attempt)) = next else {
+                .staged
+                .range((table.to_owned(), 0)..=(table.to_owned(), checkpoint))
+                .next()
+                .map(|(_, id)| *id);
+            let Some((id, attempt)) =
+                next.and_then(|id| self.tasks.get(&id).map(|t| (id, t.attempt)))
+            else {
                 return;
             };
             let files = self
