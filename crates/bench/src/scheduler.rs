@@ -230,6 +230,7 @@ pub async fn run(o: Options) -> anyhow::Result<SchedulerResult> {
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::default();
     cfg.catalog.path = dir.path().join("catalog").display().to_string();
+    cfg.storage.url = format!("file://{}", dir.path().join("storage").display());
     cfg.processor.queue_size = 1_000_000;
     cfg.memtable_flush.max_concurrent_flushes = 100_000;
     cfg.telemetry.log_level = "warn".into();
