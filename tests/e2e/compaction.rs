@@ -596,3 +596,144 @@ fn every_metric_the_dashboard_and_alerts_query_is_exported_by_a_running_service(
         "queried but exported by no service: {unknown:#?}\nexported: {exported:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_plans_show_exactly_what_the_pickers_choose_on_a_real_manifest() {
+    use lsm::compaction::{PickerInput, pick};
+    use lsm::manifest::{FileMeta, Version, VersionEdit};
+    use proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    // No compactor, and a trigger the scheduler's own picker never reaches: the flushed L0
+    // files stay, unlocked, for the plans to look at.
+    let mut c = tokio::task::block_in_place(|| {
+        let mut c = DataCluster::start(
+            dir.path(),
+            &[
+                ("DP__COMPACTION__TRIGGER_THRESHOLD", "30"),
+                ("DP__COMPACTION__L0_STOP_THRESHOLD", "200"),
+            ],
+        );
+        c.start_flusher();
+        c.create_tables(&["t"]);
+        let oracle = dir.path().join("oracle.jsonl");
+        load(&c, "t", 8000, 41, &oracle);
+        c.wait_flushed(
+            "t",
+            DataCluster::last_acked(&oracle, "t"),
+            Duration::from_secs(60),
+        );
+        c
+    });
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", c.admin_addr()))
+        .await
+        .unwrap();
+    let m = admin
+        .get_manifest(pb::GetManifestRequest { table: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let edit = VersionEdit {
+        removed: vec![],
+        added: m
+            .levels
+            .iter()
+            .flat_map(|l| {
+                l.files.iter().map(move |f| {
+                    (
+                        l.level,
+                        FileMeta {
+                            id: f.file_id,
+                            size: f.size_bytes,
+                            smallest: bytes::Bytes::from(f.smallest_key.clone()),
+                            largest: bytes::Bytes::from(f.largest_key.clone()),
+                            smallest_seq: f.smallest_seq,
+                            largest_seq: f.largest_seq,
+                            entries: f.entry_count,
+                            tombstones: f.tombstone_count,
+                        },
+                    )
+                })
+            })
+            .collect(),
+    };
+    let mut config = runtime::Config::default();
+    let version = Version::new(config.compaction.level_based.num_levels as usize)
+        .apply(&edit)
+        .unwrap();
+    assert!(
+        version.levels[0].len() >= 4,
+        "{:?}",
+        version.levels[0].len()
+    );
+    config.compaction.trigger_threshold = 4;
+    for (name, kind) in [
+        ("level_based", runtime::config::Strategy::LevelBased),
+        ("size_tiered", runtime::config::Strategy::SizeTiered),
+    ] {
+        let strategy = scheduler::strategy_with(kind, &config.compaction);
+        let want = pick(
+            &strategy,
+            &PickerInput {
+                version: &version,
+                locked: &Default::default(),
+            },
+        );
+        let want: Vec<(Vec<u64>, u32)> = want
+            .plans
+            .iter()
+            .map(|p| (p.input_ids(), p.output_level))
+            .collect();
+        assert!(!want.is_empty(), "{name}: the picker proposes something");
+        let got = tokio::task::block_in_place(|| {
+            c.admin_json(&[
+                "plan",
+                "--table",
+                "t",
+                "--strategy",
+                name,
+                "--trigger-threshold",
+                "4",
+            ])
+        });
+        let got: Vec<(Vec<u64>, u32)> = got["compactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let mut ids: Vec<u64> = p["inputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|l| {
+                        l["files"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|f| f.as_u64().unwrap())
+                    })
+                    .collect();
+                ids.sort_unstable();
+                (ids, p["output_level"].as_u64().unwrap() as u32)
+            })
+            .collect();
+        let mut want = want;
+        for w in &mut want {
+            w.0.sort_unstable();
+        }
+        assert_eq!(
+            got, want,
+            "{name}: the plan shows exactly the picker's compactions"
+        );
+    }
+    // Planning queued and dispatched nothing.
+    let tasks = tokio::task::block_in_place(|| c.admin_json(&["tasks", "list"]));
+    assert!(
+        !tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["type"] == "compaction"),
+        "{tasks}"
+    );
+    let _ = &mut c;
+}

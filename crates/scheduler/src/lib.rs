@@ -24,7 +24,7 @@ use proto::v1::scheduler_server::SchedulerServer;
 use runtime::ServiceContext;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use service::SchedulerState;
+pub use service::{SchedulerState, strategy_with};
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
