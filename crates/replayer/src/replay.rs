@@ -11,6 +11,9 @@ use wal::{RecoveryMode, WalError, WalReader};
 
 use crate::table::{FreezeReason, Frozen, Limits, TableState};
 
+/// WAL segments fetched ahead of the one being applied.
+const PREFETCH_SEGMENTS: usize = 2;
+
 /// How a pass ended.
 #[derive(Debug)]
 pub enum PassOutcome {
@@ -92,7 +95,9 @@ pub async fn pass(
         return PassOutcome::NothingNew;
     }
     let from = lock().applied_seq() + 1;
-    let mut chunks = reader.read_from(from, input.batch_size, input.mode);
+    // Two segments ahead: enough to overlap reading with applying, and each one in flight
+    // is up to a segment (4 MiB) of memory outside the memtable budget.
+    let mut chunks = reader.read_from_with(from, input.batch_size, input.mode, PREFETCH_SEGMENTS);
     loop {
         match chunks.next_chunk().await {
             Ok(Some(entries)) => {
