@@ -32,6 +32,8 @@ pub struct DataCluster {
     pub compactors: Vec<Option<Proc>>,
     /// Ports of every flusher and compactor started, in start order.
     pub worker_ports: Vec<Ports>,
+    /// Extra environment of `storage-admin` runs (e.g. the AWS_* settings of an S3 store).
+    pub admin_env: Vec<(String, String)>,
     env: Vec<(String, String)>,
     restarts: usize,
 }
@@ -71,6 +73,7 @@ impl DataCluster {
             flushers: Vec::new(),
             compactors: Vec::new(),
             worker_ports: Vec::new(),
+            admin_env: Vec::new(),
             env,
             restarts: 0,
         };
@@ -196,6 +199,7 @@ impl DataCluster {
             .args(args)
             .env_remove("DP_SCHEDULER")
             .env_remove("DP__STORAGE__URL")
+            .envs(self.admin_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         Out {
