@@ -737,3 +737,40 @@ async fn what_if_plans_show_exactly_what_the_pickers_choose_on_a_real_manifest()
     );
     let _ = &mut c;
 }
+
+#[test]
+fn a_dropped_table_name_is_reusable_only_once_cleanup_removed_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(dir.path(), &FAST);
+    c.start_flusher();
+    c.start_compactor();
+    c.create_tables(&["t"]);
+    for (k, v) in [("k1", "old"), ("k2", "old")] {
+        assert_eq!(c.admin(&["put", "t", k, v]).code, 0);
+    }
+    assert_eq!(c.admin(&["flush", "t"]).code, 0);
+    c.wait_flushed("t", 2, Duration::from_secs(30));
+    assert_eq!(c.admin(&["tables", "drop", "t"]).code, 0);
+    // At once: the old WAL and SSTs are still there, a new "t" would inherit them.
+    let o = c.admin(&["tables", "create", "t"]);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("dropped table") && o.stderr.contains("grace_period"),
+        "one clear line: {}",
+        o.stderr
+    );
+    // Cleanup removes everything of the dropped table (its newest WAL segment too).
+    let created = wait_until(Duration::from_secs(30), || {
+        c.admin(&["tables", "create", "t"]).code == 0
+    });
+    assert!(created, "the name never became free");
+    assert!(c.stored_ssts("t").is_empty());
+    let wal = dir.path().join("storage/tables/t/wal");
+    assert_eq!(std::fs::read_dir(&wal).map(|d| d.count()).unwrap_or(0), 0);
+    // The new table starts empty: nothing of the old one is readable.
+    let o = c.admin(&["get", "t", "k1"]);
+    assert_eq!(o.code, 1, "the old k1 must not come back: {}", o.stdout);
+    assert_eq!(c.admin(&["put", "t", "k1", "new"]).code, 0);
+    let o = c.admin(&["get", "t", "k1"]);
+    assert_eq!(o.stdout.trim_end(), "new", "{}", o.stderr);
+}

@@ -33,18 +33,14 @@ struct Listed {
 }
 
 /// Runs [`plan_once`] every `cleanup.interval` until shutdown.
-pub async fn cleanup_loop(
-    state: Arc<SchedulerState>,
-    storage: Storage,
-    shutdown: CancellationToken,
-) {
+pub async fn cleanup_loop(state: Arc<SchedulerState>, shutdown: CancellationToken) {
     let interval = state.config().cleanup.interval.get();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match plan_once(&state, &storage).await {
+        match plan_once(&state, state.storage()).await {
             Ok(ids) if !ids.is_empty() => tracing::info!(tasks = ids.len(), "cleanup queued"),
             Ok(_) => {}
             Err(e) => {
@@ -93,10 +89,9 @@ pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Res
                 if busy.contains(table) {
                     continue;
                 }
-                // A dropped table: everything is garbage, but for its newest WAL segment
-                // (whose end a listing cannot tell).
+                // A dropped table: everything is garbage.
                 let checkpoint = c.manifest(table).map_or(u64::MAX, |m| m.checkpoint);
-                let g = select_garbage(
+                let mut g = select_garbage(
                     &listed.ssts,
                     &listed.wal,
                     &referenced,
@@ -104,6 +99,15 @@ pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Res
                     now,
                     grace_ms,
                 );
+                // A dropped table's newest segment goes too (nothing will replay it), so
+                // the name can be used again.
+                if c.table(table).is_none() {
+                    for w in &listed.wal {
+                        if now - w.last_modified_ms >= grace_ms && !g.wal_paths.contains(&w.path) {
+                            g.wal_paths.push(w.path.clone());
+                        }
+                    }
+                }
                 if g.is_empty() {
                     continue;
                 }

@@ -53,12 +53,7 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     let state = Arc::new(SchedulerState::open(&ctx)?);
     ctx.http_routes.set(page::router(state.clone()));
     let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
-    let storage = runtime::open_storage(&ctx.config)?;
-    tokio::spawn(cleanup::cleanup_loop(
-        state.clone(),
-        storage,
-        ctx.shutdown.clone(),
-    ));
+    tokio::spawn(cleanup::cleanup_loop(state.clone(), ctx.shutdown.clone()));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
     health
         .set_serving::<SchedulerServer<service::SchedulerApi>>()

@@ -227,11 +227,17 @@ pub struct SchedulerState {
     /// Wakes the dispatch loop when there may be work to hand out.
     wake: Notify,
     channels: Mutex<BTreeMap<String, TracedChannel>>,
+    /// The shared storage (Cleanup lists it; CreateTable checks a name has no leftovers).
+    storage: storage::Storage,
 }
 
 impl SchedulerState {
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub(crate) fn storage(&self) -> &storage::Storage {
+        &self.storage
     }
 
     /// Wakes the dispatch loop (new work was queued).
@@ -256,6 +262,7 @@ impl SchedulerState {
             committer: Committer::start(catalog)?,
             wake: Notify::new(),
             channels: Mutex::new(BTreeMap::new()),
+            storage: runtime::open_storage(&ctx.config)?,
         })
     }
 
@@ -1144,6 +1151,29 @@ impl pb::admin_server::Admin for AdminApi {
                 kind: col.r#type,
             });
         }
+        crate::core::validate_table_name(&req.name).map_err(status_of)?;
+        let exists = self.0.read(|c, _| c.table(&req.name).is_some()).await;
+        if !exists {
+            // A dropped table's objects stay until Cleanup deletes them: a new table of the
+            // same name would replay the old WAL and read the old SSTs.
+            let name = storage::TableName::new(req.name.as_str())
+                .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+            let leftovers = self
+                .0
+                .storage
+                .list(&storage::paths::table_dir(&name))
+                .await
+                .map_err(|e| Status::unavailable(format!("listing storage: {e}")))?;
+            if let Some(first) = leftovers.first() {
+                return Err(Status::failed_precondition(format!(
+                    "storage still holds {} object(s) of a dropped table {:?} (e.g. {}); Cleanup deletes them cleanup.grace_period ({}) after the drop: create the table then, or use another name",
+                    leftovers.len(),
+                    req.name,
+                    first.location,
+                    humantime_secs(self.0.config.cleanup.grace_period.get())
+                )));
+            }
+        }
         let info = self
             .0
             .mutate(|c, now| {
@@ -1351,4 +1381,9 @@ impl pb::admin_server::Admin for AdminApi {
             .await
             .map(Response::new)
     }
+}
+
+/// A duration for messages: "300s", "1.5s".
+fn humantime_secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
