@@ -9,11 +9,12 @@
 //! whether or not the scheduler then takes the result (they were read and written either
 //! way); a merge that failed or was cancelled half-way is not.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+pub use runtime::metrics::RateWindow;
 
 /// Input bytes read by compactions.
 pub const BYTES_READ_TOTAL: &str = "compaction_bytes_read_total";
@@ -45,53 +46,6 @@ impl Outcome {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Refused => "refused",
-        }
-    }
-}
-
-/// Weighted events within a sliding window; the clock is passed in.
-#[derive(Debug)]
-pub struct RateWindow {
-    window: Duration,
-    events: VecDeque<(Instant, u64)>,
-    sum: u64,
-}
-
-impl RateWindow {
-    pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            events: VecDeque::new(),
-            sum: 0,
-        }
-    }
-
-    /// Counts `n` at `now`.
-    pub fn record(&mut self, now: Instant, n: u64) {
-        self.events.push_back((now, n));
-        self.sum += n;
-        self.expire(now);
-    }
-
-    /// Events per hour over the window ending at `now`.
-    pub fn per_hour(&mut self, now: Instant) -> f64 {
-        self.expire(now);
-        let secs = self.window.as_secs_f64();
-        if secs > 0.0 {
-            self.sum as f64 * 3600.0 / secs
-        } else {
-            0.0
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, n)) = self.events.front() {
-            if now.saturating_duration_since(at) >= self.window {
-                self.events.pop_front();
-                self.sum -= n;
-            } else {
-                break;
-            }
         }
     }
 }
@@ -178,35 +132,5 @@ pub async fn run_rate_gauge(metrics: CompactionMetrics, shutdown: CancellationTo
                 set_rate(rate);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_counts_input_files_within_the_hour() {
-        let t0 = Instant::now();
-        let min = |m: u64| Duration::from_secs(60 * m);
-        let mut w = RateWindow::new(RATE_WINDOW);
-        assert_eq!(w.per_hour(t0), 0.0);
-        w.record(t0, 4);
-        w.record(t0 + min(30), 6);
-        assert_eq!(w.per_hour(t0 + min(59)), 10.0);
-        // An hour after the first compaction only the second counts.
-        assert_eq!(w.per_hour(t0 + min(60)), 6.0);
-        assert_eq!(w.per_hour(t0 + min(90)), 0.0);
-    }
-
-    #[test]
-    fn a_shorter_window_is_scaled_to_an_hour_and_zero_never_divides() {
-        let t0 = Instant::now();
-        let mut w = RateWindow::new(Duration::from_secs(60));
-        w.record(t0, 2);
-        assert_eq!(w.per_hour(t0), 120.0);
-        let mut zero = RateWindow::new(Duration::ZERO);
-        zero.record(t0, 1);
-        assert_eq!(zero.per_hour(t0), 0.0);
     }
 }

@@ -6,11 +6,12 @@
 //! an operator can check by hand against `processor_tasks_total`, and that falls back to
 //! zero a minute after flushing stops (a ticker refreshes it, see [`run_rate_gauge`]).
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+use runtime::metrics::RateWindow;
 
 /// SST bytes written by flushes.
 pub const FLUSH_BYTES_TOTAL: &str = "memtable_flush_bytes_total";
@@ -40,49 +41,6 @@ impl Outcome {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Refused => "refused",
-        }
-    }
-}
-
-/// Successful flushes within a sliding window; the clock is passed in.
-#[derive(Debug)]
-pub struct RateWindow {
-    window: Duration,
-    events: VecDeque<Instant>,
-}
-
-impl RateWindow {
-    pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            events: VecDeque::new(),
-        }
-    }
-
-    /// Counts one event at `now`.
-    pub fn record(&mut self, now: Instant) {
-        self.events.push_back(now);
-        self.expire(now);
-    }
-
-    /// Events per second over the window ending at `now`.
-    pub fn rate(&mut self, now: Instant) -> f64 {
-        self.expire(now);
-        let secs = self.window.as_secs_f64();
-        if secs > 0.0 {
-            self.events.len() as f64 / secs
-        } else {
-            0.0
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&first) = self.events.front() {
-            if now.saturating_duration_since(first) >= self.window {
-                self.events.pop_front();
-            } else {
-                break;
-            }
         }
     }
 }
@@ -127,8 +85,8 @@ impl FlushMetrics {
             let now = Instant::now();
             let rate = {
                 let mut window = self.lock();
-                window.record(now);
-                window.rate(now)
+                window.record(now, 1);
+                window.per_second(now)
             };
             set_rate(rate);
         }
@@ -157,39 +115,9 @@ pub async fn run_rate_gauge(metrics: FlushMetrics, shutdown: CancellationToken) 
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                let rate = metrics.lock().rate(Instant::now());
+                let rate = metrics.lock().per_second(Instant::now());
                 set_rate(rate);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_counts_events_within_the_window() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut w = RateWindow::new(s(60));
-        assert_eq!(w.rate(t0), 0.0);
-        for i in 0..6 {
-            w.record(t0 + s(i * 10));
-        }
-        // At t0+50 s all six are inside the window.
-        assert_eq!(w.rate(t0 + s(50)), 0.1);
-        // At t0+60 s the first (t0) has left it.
-        assert!((w.rate(t0 + s(60)) - 5.0 / 60.0).abs() < 1e-12);
-        // A minute after the last one, nothing is left.
-        assert_eq!(w.rate(t0 + s(110)), 0.0);
-    }
-
-    #[test]
-    fn an_empty_window_never_divides_by_zero() {
-        let t0 = Instant::now();
-        let mut w = RateWindow::new(Duration::ZERO);
-        w.record(t0);
-        assert_eq!(w.rate(t0), 0.0);
     }
 }

@@ -170,3 +170,90 @@ mod tests {
         assert!(cpu_time().is_some());
     }
 }
+
+/// Weighted events within a sliding window, for rate gauges (`memtable_flush_rate`,
+/// `compaction_rate`); the clock is passed in.
+#[derive(Debug)]
+pub struct RateWindow {
+    window: std::time::Duration,
+    events: std::collections::VecDeque<(std::time::Instant, u64)>,
+    sum: u64,
+}
+
+impl RateWindow {
+    pub fn new(window: std::time::Duration) -> Self {
+        Self {
+            window,
+            events: std::collections::VecDeque::new(),
+            sum: 0,
+        }
+    }
+
+    /// Counts `n` at `now`.
+    pub fn record(&mut self, now: std::time::Instant, n: u64) {
+        self.events.push_back((now, n));
+        self.sum += n;
+        self.expire(now);
+    }
+
+    /// Events per second over the window ending at `now`.
+    pub fn per_second(&mut self, now: std::time::Instant) -> f64 {
+        self.expire(now);
+        let secs = self.window.as_secs_f64();
+        if secs > 0.0 {
+            self.sum as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Events per hour over the window ending at `now`.
+    pub fn per_hour(&mut self, now: std::time::Instant) -> f64 {
+        self.per_second(now) * 3600.0
+    }
+
+    fn expire(&mut self, now: std::time::Instant) {
+        while let Some(&(at, n)) = self.events.front() {
+            if now.saturating_duration_since(at) >= self.window {
+                self.events.pop_front();
+                self.sum -= n;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::RateWindow;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn weighted_events_count_within_the_window() {
+        let t0 = Instant::now();
+        let min = |m: u64| Duration::from_secs(60 * m);
+        let mut w = RateWindow::new(min(60));
+        assert_eq!(w.per_hour(t0), 0.0);
+        w.record(t0, 4);
+        w.record(t0 + min(30), 6);
+        assert_eq!(w.per_hour(t0 + min(59)), 10.0);
+        // An hour after the first event only the second counts.
+        assert_eq!(w.per_hour(t0 + min(60)), 6.0);
+        assert_eq!(w.per_hour(t0 + min(90)), 0.0);
+        let mut s = RateWindow::new(Duration::from_secs(60));
+        for i in 0..6 {
+            s.record(t0 + Duration::from_secs(i * 10), 1);
+        }
+        assert_eq!(s.per_second(t0 + Duration::from_secs(50)), 0.1);
+    }
+
+    #[test]
+    fn an_empty_window_never_divides_by_zero() {
+        let t0 = Instant::now();
+        let mut zero = RateWindow::new(Duration::ZERO);
+        zero.record(t0, 1);
+        assert_eq!(zero.per_hour(t0), 0.0);
+        assert_eq!(zero.per_second(t0), 0.0);
+    }
+}
