@@ -62,14 +62,19 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     ctx.readiness.set(true);
     tracing::info!(address = %ctx.advertised_address, "scheduler serving");
     let shutdown = ctx.shutdown.clone();
-    router
+    let served = router
         .add_service(SchedulerServer::new(service::SchedulerApi(state.clone())))
-        .add_service(AdminServer::new(service::AdminApi(state)))
+        .add_service(AdminServer::new(service::AdminApi(state.clone())))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(ctx.grpc_listener),
             shutdown.cancelled_owned(),
         )
-        .await?;
+        .await;
     dispatcher.abort();
+    let _ = dispatcher.await;
+    // Close the catalog now, whoever still holds the state (the HTTP routes, a cleanup
+    // pass): RocksDB must not be open when the process exits.
+    state.close();
+    served?;
     Ok(())
 }

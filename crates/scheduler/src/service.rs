@@ -132,6 +132,7 @@ struct Committer {
     queue: Mutex<CommitQueue>,
     work: Condvar,
     durable: tokio::sync::watch::Sender<u64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -148,11 +149,13 @@ impl Committer {
             queue: Mutex::new(CommitQueue::default()),
             work: Condvar::new(),
             durable: tokio::sync::watch::Sender::new(0),
+            thread: Mutex::new(None),
         });
         let c = committer.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("catalog-committer".into())
             .spawn(move || c.run(catalog))?;
+        *committer.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
         Ok(committer)
     }
 
@@ -208,6 +211,17 @@ impl Committer {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
         self.work.notify_all();
     }
+
+    /// Stops after writing what is queued, and waits for the thread, which closes the
+    /// catalog (RocksDB) on its way out: the database must be closed before the process
+    /// exits, or RocksDB's static destructors race with an open instance.
+    fn close(&self) {
+        self.stop();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Drop for SchedulerState {
@@ -238,6 +252,12 @@ impl SchedulerState {
 
     pub(crate) fn storage(&self) -> &storage::Storage {
         &self.storage
+    }
+
+    /// Writes what is queued and closes the catalog. Called once serving has stopped;
+    /// later changes are not persisted (the process is exiting).
+    pub fn close(&self) {
+        self.committer.close();
     }
 
     /// Wakes the dispatch loop (new work was queued).
