@@ -29,26 +29,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
 /// How often the rate gauge is refreshed when nothing finishes.
 const RATE_REFRESH: Duration = Duration::from_secs(30);
 
-/// How an attempt ended, as the `status` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// The outputs were written but the scheduler refused the completion.
-    Refused,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Refused => "refused",
-        }
-    }
-}
+pub use runtime::metrics::AttemptOutcome as Outcome;
 
 /// The compaction metric state, shared by every attempt.
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! The gRPC edge of a dispatch: a `CompactLevelRequest` checked and turned into a
 //! [`CompactionAttempt`], so nothing past this module sees protobuf types or unchecked input.
 
+pub use runtime::worker::InvalidRequest;
+use runtime::worker::invalid;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -91,27 +93,6 @@ pub struct CompactionAttempt {
     pub task_id: u64,
     pub attempt: u32,
     pub spec: CompactionSpec,
-}
-
-/// A malformed dispatch, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidRequest {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl From<InvalidRequest> for tonic::Status {
-    fn from(e: InvalidRequest) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
-    }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidRequest {
-    InvalidRequest {
-        field,
-        reason: reason.into(),
-    }
 }
 
 /// Checks a dispatch and converts it.

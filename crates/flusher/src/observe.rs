@@ -24,26 +24,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How often the rate gauge is refreshed when nothing is flushed.
 const RATE_REFRESH: Duration = Duration::from_secs(5);
 
-/// How an attempt ended, as the `status` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// The SST was written but the scheduler refused the completion (a stale attempt).
-    Refused,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Refused => "refused",
-        }
-    }
-}
+pub use runtime::metrics::AttemptOutcome as Outcome;
 
 /// The flusher's metric state, shared by every attempt.
 #[derive(Debug, Clone)]

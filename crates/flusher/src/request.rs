@@ -3,6 +3,8 @@
 
 use lsm::{MAX_SEQNO, SeqNo};
 use proto::v1 as pb;
+pub use runtime::worker::InvalidRequest;
+use runtime::worker::invalid;
 use storage::{ObjectPath, TableName};
 
 use crate::write::SeqRange;
@@ -37,27 +39,6 @@ pub struct FlushAttempt {
     pub task_id: u64,
     pub attempt: u32,
     pub spec: FlushSpec,
-}
-
-/// A malformed dispatch, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidRequest {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl From<InvalidRequest> for tonic::Status {
-    fn from(e: InvalidRequest) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
-    }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidRequest {
-    InvalidRequest {
-        field,
-        reason: reason.into(),
-    }
 }
 
 /// Checks a dispatch and converts it.

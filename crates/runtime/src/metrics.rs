@@ -171,6 +171,27 @@ mod tests {
     }
 }
 
+/// How a worker's attempt ended, as the `status` label of `processor_tasks_total` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The work was done but the scheduler refused the completion (a stale attempt).
+    Refused,
+}
+
+impl AttemptOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// Weighted events within a sliding window, for rate gauges (`memtable_flush_rate`,
 /// `compaction_rate`); the clock is passed in.
 #[derive(Debug)]

@@ -346,3 +346,25 @@ where
     heartbeats.abort();
     Ok(())
 }
+
+/// A malformed dispatch, naming the field (INVALID_ARGUMENT at the edge).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidRequest {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl From<InvalidRequest> for tonic::Status {
+    fn from(e: InvalidRequest) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// An [`InvalidRequest`] for `field`.
+pub fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidRequest {
+    InvalidRequest {
+        field,
+        reason: reason.into(),
+    }
+}
