@@ -61,6 +61,7 @@
 //! with the number of files so that the windows of one update stay within about
 //! [`READAHEAD_BUDGET`] bytes.
 
+use runtime::now_ms;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
@@ -489,12 +490,6 @@ pub async fn statistics_from_storage(
 /// two windows (current and prefetched), within 64 KiB..=2 MiB.
 fn readahead_for(files: usize) -> usize {
     (READAHEAD_BUDGET / files.max(1).saturating_mul(2)).clamp(MIN_READAHEAD, MAX_READAHEAD)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One SST to analyse.

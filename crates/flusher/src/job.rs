@@ -26,12 +26,14 @@
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use proto::v1::replayer_client::ReplayerClient;
 use proto::v1::scheduler_client::SchedulerClient;
 use runtime::grpc::TracedChannel;
+pub(crate) use runtime::now_ms;
+use runtime::report::log_unreported;
 use runtime::worker::{AttemptGuard, RunningAttempts};
 use sst::{SstError, SstInfo, SstOptions};
 use storage::{BlockingWriter, ObjectWriter, Storage};
@@ -186,29 +188,6 @@ async fn finish(
 /// child.
 fn report_span(outcome: &'static str) -> tracing::Span {
     tracing::info_span!("report", outcome)
-}
-
-fn log_unreported(reported: &Reported) {
-    match reported {
-        Reported::Refused(status) => tracing::warn!(
-            code = ?status.code(),
-            error = %status.message(),
-            "scheduler refused the report (a stale attempt?)"
-        ),
-        Reported::GaveUp(status) => tracing::warn!(
-            code = ?status.code(),
-            error = %status.message(),
-            "could not reach the scheduler to report; it retries the task once the lease expires"
-        ),
-        Reported::Cancelled => tracing::info!("attempt cancelled while reporting"),
-        Reported::Accepted => {}
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Steps 1 to 3 of the module doc.

@@ -21,6 +21,7 @@ use proto::v1 as pb;
 use proto::v1::replayer_server::{Replayer, ReplayerServer};
 use runtime::ServiceContext;
 use runtime::grpc::TracedChannel;
+use runtime::now_ms;
 use runtime::worker::{
     AttemptGuard, HeartbeatSource, RunningAttempts, serve_worker_with, service_info,
 };
@@ -38,12 +39,6 @@ use crate::table::{Frozen, Limits, TableState, Version};
 const REREQUEST_MS: i64 = 10_000;
 /// Entries per ReadMemtable message unless the flusher asks otherwise.
 const DEFAULT_CHUNK: usize = 4096;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// A table held under one WalReplay attempt.
 struct Held {

@@ -107,6 +107,24 @@ pub fn failure(
     }
 }
 
+/// Logs a report that did not land (nothing for an accepted one).
+pub fn log_unreported(reported: &Reported) {
+    match reported {
+        Reported::Refused(status) => tracing::warn!(
+            code = ?status.code(),
+            error = %status.message(),
+            "scheduler refused the report (a stale attempt?)"
+        ),
+        Reported::GaveUp(status) => tracing::warn!(
+            code = ?status.code(),
+            error = %status.message(),
+            "could not reach the scheduler to report; it retries the task once the lease expires"
+        ),
+        Reported::Cancelled => tracing::info!("attempt cancelled while reporting"),
+        Reported::Accepted => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,13 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use catalog::{Catalog, CatalogBatch, ColumnDef, TaskKind, TaskSpec, TaskState};
 use proto::v1 as pb;
 use runtime::ServiceContext;
 use runtime::config::Config;
 use runtime::grpc::{TracedChannel, connect_lazy, endpoint_url};
+pub use runtime::now_ms;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
@@ -37,14 +38,6 @@ pub const STALE_COMMITS_REFUSED: &str = "processor_stale_commits_refused_total";
 pub const STALL_FORECAST: &str = "processor_stall_forecast_seconds";
 /// Bytes compaction still owes, by table.
 pub const COMPACTION_DEBT: &str = "processor_compaction_debt_bytes";
-
-/// Wall-clock milliseconds: the only clock read of the scheduler, passed into the core.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Priorities: flushes and replays first, then L0 compactions, deeper compactions, then
 /// housekeeping. Waiting time is added by the core, so nothing starves.
