@@ -165,24 +165,24 @@ fn cleanup_racing_flushes_and_compactions_never_deletes_a_file_the_manifest_need
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
     // A paced load: flushes and compactions keep committing for several seconds.
-    let writer = std::process::Command::new(tests::bin("storage-admin"))
-        .args(["--scheduler", &c.admin_addr(), "load", "t"])
-        .args(["--keys", "30000", "--value-size", "100", "--rate", "4000"])
-        .args([
-            "--overwrite-ratio",
-            "0.5",
-            "--delete-ratio",
-            "0.1",
-            "--seed",
-            "12",
-        ])
-        .args(["--oracle", oracle.to_str().unwrap()])
-        .env_remove("DP_SCHEDULER")
-        .env_remove("DP__STORAGE__URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let writer = c.spawn_admin(&[
+        "load",
+        "t",
+        "--keys",
+        "30000",
+        "--value-size",
+        "100",
+        "--rate",
+        "4000",
+        "--overwrite-ratio",
+        "0.5",
+        "--delete-ratio",
+        "0.1",
+        "--seed",
+        "12",
+        "--oracle",
+        oracle.to_str().unwrap(),
+    ]);
     // Meanwhile, read like a reader: fetch the manifest, then every file it names must be
     // there (the grace period covers a reader holding the previous version).
     let started = Instant::now();
@@ -394,25 +394,20 @@ fn the_stall_forecast_falls_without_compactors_and_recovers_when_they_return() {
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
     // No compactor: L0 only grows while the load runs.
-    let writer = std::process::Command::new(tests::bin("storage-admin"))
-        .args(["--scheduler", &c.admin_addr(), "load", "t"])
-        .args([
-            "--keys",
-            "24000",
-            "--value-size",
-            "100",
-            "--rate",
-            "4000",
-            "--seed",
-            "21",
-        ])
-        .args(["--oracle", oracle.to_str().unwrap()])
-        .env_remove("DP_SCHEDULER")
-        .env_remove("DP__STORAGE__URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let writer = c.spawn_admin(&[
+        "load",
+        "t",
+        "--keys",
+        "24000",
+        "--value-size",
+        "100",
+        "--rate",
+        "4000",
+        "--seed",
+        "21",
+        "--oracle",
+        oracle.to_str().unwrap(),
+    ]);
     let mut samples = Vec::new();
     let mut writer = writer;
     while writer.try_wait().unwrap().is_none() {

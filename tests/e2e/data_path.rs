@@ -215,24 +215,25 @@ fn sigkill_of_the_scheduler_mid_run_loses_nothing() {
     c.create_tables(&TABLES);
     let oracle = dir.path().join("oracle.jsonl");
     // A paced load (about 5 s), during which memtables freeze and flush continuously.
-    let writer = std::process::Command::new(tests::bin("storage-admin"))
-        .args(["--scheduler", &c.admin_addr(), "load", TABLES[0], TABLES[1]])
-        .args(["--keys", "15000", "--value-size", "64", "--rate", "3000"])
-        .args([
-            "--overwrite-ratio",
-            "0.3",
-            "--delete-ratio",
-            "0.1",
-            "--seed",
-            "3",
-        ])
-        .args(["--oracle", oracle.to_str().unwrap()])
-        .env_remove("DP_SCHEDULER")
-        .env_remove("DP__STORAGE__URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let writer = c.spawn_admin(&[
+        "load",
+        TABLES[0],
+        TABLES[1],
+        "--keys",
+        "15000",
+        "--value-size",
+        "64",
+        "--rate",
+        "3000",
+        "--overwrite-ratio",
+        "0.3",
+        "--delete-ratio",
+        "0.1",
+        "--seed",
+        "3",
+        "--oracle",
+        oracle.to_str().unwrap(),
+    ]);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         c.checkpoint(TABLES[0]) > 0,

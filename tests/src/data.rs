@@ -191,22 +191,36 @@ impl DataCluster {
         self.sched_ports.grpc_addr()
     }
 
-    /// Runs `storage-admin --scheduler <addr> args...`.
-    pub fn admin(&self, args: &[&str]) -> Out {
-        let out = Command::new(bin("storage-admin"))
-            .arg("--scheduler")
+    /// `storage-admin --scheduler <addr> args...`, with the cluster's admin environment.
+    fn admin_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("storage-admin"));
+        cmd.arg("--scheduler")
             .arg(self.admin_addr())
             .args(args)
             .env_remove("DP_SCHEDULER")
             .env_remove("DP__STORAGE__URL")
-            .envs(self.admin_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
+            .envs(self.admin_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    /// Runs `storage-admin --scheduler <addr> args...`.
+    pub fn admin(&self, args: &[&str]) -> Out {
+        let out = self.admin_command(args).output().unwrap();
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Starts `storage-admin args...` in the background (a load running while the test
+    /// kills or samples things); stdout discarded, stderr kept for the failure message.
+    pub fn spawn_admin(&self, args: &[&str]) -> std::process::Child {
+        self.admin_command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// `storage-admin ... --json`, which must succeed.
