@@ -63,7 +63,8 @@ fuzz:
 
 # System packages: libclang for RocksDB's bindings (bindgen).
 deps:
-	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then \
+	@# libclang itself (bindgen loads libclang.so / libclang-NN.so); libclang-cpp is another library.
+	@if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* 2>/dev/null | grep -q .; then \
 	  echo "installing libclang-dev (needed to build RocksDB's bindings)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libclang-dev; \
 	fi
