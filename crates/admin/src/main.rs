@@ -390,6 +390,19 @@ Examples:
   storage-admin processor queue-status
   storage-admin processor queue-status --json")]
     QueueStatus,
+    /// Put a quarantined file (a poison input found by bisection) back into compaction,
+    /// after replacing or checking it. `queue-status` lists the quarantined files.
+    #[command(after_help = "\
+Examples:
+  storage-admin processor release-quarantined --table orders --file-id 42")]
+    ReleaseQuarantined {
+        /// Table of the file.
+        #[arg(long)]
+        table: String,
+        /// Id of the quarantined SST.
+        #[arg(long)]
+        file_id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -708,12 +721,32 @@ async fn run(cli: &Cli) -> Result<Reply, Failure> {
         Command::Processor {
             command: ProcessorCommand::QueueStatus,
         } => {
-            let q = connect(&cli.scheduler)
-                .await?
+            let mut admin = connect(&cli.scheduler).await?;
+            let q = admin
                 .get_queue_status(pb::GetQueueStatusRequest {})
                 .await?
                 .into_inner();
-            output::queue(&q, json)
+            let quarantined = admin
+                .list_quarantined(pb::ListQuarantinedRequest {})
+                .await?
+                .into_inner();
+            output::queue(&q, &quarantined.files, json)
+        }
+        Command::Processor {
+            command: ProcessorCommand::ReleaseQuarantined { table, file_id },
+        } => {
+            connect(&cli.scheduler)
+                .await?
+                .release_quarantined(pb::ReleaseQuarantinedRequest {
+                    table: table.clone(),
+                    file_id: *file_id,
+                })
+                .await?;
+            output::render(
+                format!("released file {file_id} of table {table}"),
+                serde_json::json!({ "table": table, "file_id": file_id, "released": true }),
+                json,
+            )
         }
         Command::Tables { command } => match command {
             TablesCommand::List => {
@@ -928,6 +961,7 @@ mod tests {
             "status",
             "metrics",
             "processor queue-status",
+            "processor release-quarantined",
             "tables list",
             "tables create",
             "tables drop",

@@ -4,7 +4,7 @@
 use proto::v1 as pb;
 use serde_json::{Value, json};
 
-fn render(text: String, value: Value, as_json: bool) -> String {
+pub fn render(text: String, value: Value, as_json: bool) -> String {
     if as_json {
         serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
     } else {
@@ -160,7 +160,11 @@ pub fn status(
     render(text, value, as_json)
 }
 
-pub fn queue(q: &pb::GetQueueStatusResponse, as_json: bool) -> String {
+pub fn queue(
+    q: &pb::GetQueueStatusResponse,
+    quarantined: &[pb::QuarantinedFile],
+    as_json: bool,
+) -> String {
     let mut text = format!(
         "queue depth {} of {}\n{:<18} {:>8} {:>8} {:>8} {:>6}",
         q.depth, q.capacity, "type", "pending", "running", "failed", "limit"
@@ -181,9 +185,36 @@ pub fn queue(q: &pb::GetQueueStatusResponse, as_json: bool) -> String {
             json!({ "id": t.task_id, "type": task_type(t.r#type), "table": t.table, "reason": t.waiting_reason })
         })
         .collect();
+    text.push_str(&format!(
+        "\ningest {:.0} B/s; deferrable work: {}",
+        q.ingest_bytes_per_sec,
+        if q.deferral.is_empty() {
+            "may run"
+        } else {
+            q.deferral.as_str()
+        }
+    ));
+    let quarantined: Vec<Value> = quarantined
+        .iter()
+        .map(|f| {
+            let error = f
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "\nquarantined: table {} file {} ({}): {}",
+                f.table, f.file_id, f.path, error
+            ));
+            json!({ "table": f.table, "file_id": f.file_id, "path": f.path, "error": error,
+                    "since_ms": f.since_unix_ms })
+        })
+        .collect();
     render(
         text,
-        json!({ "depth": q.depth, "capacity": q.capacity, "types": types, "waiting": waiting }),
+        json!({ "depth": q.depth, "capacity": q.capacity, "types": types, "waiting": waiting,
+                "ingest_bytes_per_sec": q.ingest_bytes_per_sec, "deferral": q.deferral,
+                "quarantined": quarantined }),
         as_json,
     )
 }

@@ -43,6 +43,7 @@ const TASK: u8 = b'k';
 const WORKER: u8 = b'w';
 const STATS: u8 = b's';
 const COUNTER: u8 = b'c';
+const QUARANTINE: u8 = b'q';
 
 fn key(prefix: u8, id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 2);
@@ -62,6 +63,8 @@ pub struct CatalogSnapshot {
     /// Statistics per table, as opaque JSON written by the scheduler.
     pub stats: BTreeMap<String, serde_json::Value>,
     pub counters: BTreeMap<String, u64>,
+    /// Quarantined files by file id.
+    pub quarantined: BTreeMap<u64, QuarantineRecord>,
 }
 
 /// Changes to persist atomically: puts (`Some`) and deletes (`None`) in order.
@@ -117,6 +120,14 @@ impl CatalogBatch {
     }
     pub fn put_stats(&mut self, table: &str, stats: &serde_json::Value) -> &mut Self {
         self.put_json(key(STATS, table.as_bytes()), stats)
+    }
+    pub fn put_quarantine(&mut self, q: &QuarantineRecord) -> &mut Self {
+        self.put_json(key(QUARANTINE, &q.file_id.to_be_bytes()), q)
+    }
+    pub fn delete_quarantine(&mut self, file_id: u64) -> &mut Self {
+        self.ops
+            .push((key(QUARANTINE, &file_id.to_be_bytes()), None));
+        self
     }
     pub fn set_counter(&mut self, name: &str, value: u64) -> &mut Self {
         self.ops.push((
@@ -218,6 +229,10 @@ impl Catalog {
                 WORKER => {
                     let w: WorkerRecord = decode(&name, &v)?;
                     snap.workers.insert(w.id, w);
+                }
+                QUARANTINE => {
+                    let q: QuarantineRecord = decode(&name, &v)?;
+                    snap.quarantined.insert(q.file_id, q);
                 }
                 STATS => {
                     let s: serde_json::Value = decode(&name, &v)?;
@@ -330,5 +345,29 @@ mod tests {
             Err(CatalogError::Corrupt { key, .. }) => assert!(key.starts_with("k/")),
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn quarantined_files_survive_reopen_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = QuarantineRecord {
+            table: "t".into(),
+            file_id: 42,
+            level: 0,
+            error: task(1).errors[0].clone(),
+            since_ms: 7,
+        };
+        {
+            let cat = Catalog::open(dir.path()).expect("open");
+            let mut b = CatalogBatch::new();
+            b.put_quarantine(&q);
+            cat.write(b).expect("write");
+        }
+        let cat = Catalog::open(dir.path()).expect("reopen");
+        assert_eq!(cat.load().expect("load").quarantined.get(&42), Some(&q));
+        let mut b = CatalogBatch::new();
+        b.delete_quarantine(42);
+        cat.write(b).expect("write");
+        assert!(cat.load().expect("load").quarantined.is_empty());
     }
 }

@@ -259,3 +259,17 @@ pub struct WorkerRecord {
     pub version: String,
     pub registered_at_ms: i64,
 }
+
+/// A file quarantined as a poison input: compactions failed on it with a corruption
+/// error and bisection pinned the failure on it alone. It stays in its manifest (still
+/// referenced, never deleted) but is excluded from picking until an operator releases it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    pub table: String,
+    pub file_id: u64,
+    /// The level the file was in when it was quarantined.
+    pub level: u32,
+    /// The corruption error of the probe that compacted it alone.
+    pub error: ErrorRecord,
+    pub since_ms: i64,
+}

@@ -206,8 +206,14 @@ async fn compact_attempt(
         min_subcompaction_bytes: ctx.min_subcompaction_bytes,
         creation_time_ms: u64::try_from(now_ms()).unwrap_or(0),
     };
+    // A share of the scheduler's IO budget replaces the worker's own limit, and follows
+    // the rebalanced share the heartbeat replies bring.
     let limiter = match RateLimiter::new(spec.io_bytes_per_sec) {
-        Some(own) => Some(Arc::new(own)),
+        Some(own) => {
+            let own = Arc::new(own);
+            guard.pace_with(own.clone());
+            Some(own)
+        }
         None => ctx.limiter.clone(),
     };
     let control = Control {

@@ -134,6 +134,7 @@ mod tests {
             },
             file_id: 42,
             size_bytes: 1000,
+            io_bytes_per_sec: 0,
         }
     }
 

@@ -34,6 +34,7 @@ use proto::v1::scheduler_client::SchedulerClient;
 use runtime::grpc::TracedChannel;
 pub(crate) use runtime::now_ms;
 use runtime::report::log_unreported;
+use runtime::throttle::RateLimiter;
 use runtime::worker::{AttemptGuard, RunningAttempts};
 use sst::{SstError, SstInfo, SstOptions};
 use storage::{BlockingWriter, ObjectWriter, Storage};
@@ -212,6 +213,16 @@ async fn flush(
 
     let (tx, rx) = mpsc::channel(FEED_DEPTH);
     let written = Arc::new(AtomicU64::new(0));
+    // A share of the scheduler's IO budget paces the writes; the share follows the
+    // rebalanced value the heartbeat replies bring.
+    let pace = RateLimiter::new(spec.io_bytes_per_sec).map(|l| {
+        let l = Arc::new(l);
+        guard.pace_with(l.clone());
+        Pace {
+            limiter: l,
+            cancel: guard.cancel.clone(),
+        }
+    });
     let build = spawn_build(
         object,
         BuildParams {
@@ -219,6 +230,7 @@ async fn flush(
             options: ctx.sst_options.clone(),
             range: spec.seqs,
             creation_time_ms: u64::try_from(now_ms()).unwrap_or(0),
+            pace,
         },
         rx,
         written.clone(),
@@ -365,6 +377,13 @@ struct BuildParams {
     options: SstOptions,
     range: crate::write::SeqRange,
     creation_time_ms: u64,
+    pace: Option<Pace>,
+}
+
+/// The IO budget of a flush attempt: the build thread sleeps to stay within it.
+struct Pace {
+    limiter: Arc<RateLimiter>,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Starts the build thread: chunks from `rx` into an SST uploaded through `object`.
@@ -392,7 +411,7 @@ fn spawn_build(
         let mut writer =
             MemtableSstWriter::new(params.file_name.clone(), sink, params.options, params.range)?;
         writer.set_creation_time_ms(params.creation_time_ms);
-        if !feed(&mut writer, &mut rx, &written)? {
+        if !feed(&mut writer, &mut rx, &written, params.pace.as_ref())? {
             return Err(FlushError::Internal(
                 "the memtable stream stopped before its end".to_owned(),
             ));
@@ -419,13 +438,23 @@ fn feed<W: Write>(
     writer: &mut MemtableSstWriter<W>,
     rx: &mut mpsc::Receiver<Feed>,
     written: &AtomicU64,
+    pace: Option<&Pace>,
 ) -> Result<bool, WriteError> {
     while let Some(message) = rx.blocking_recv() {
         match message {
             Feed::End => return Ok(true),
             Feed::Chunk(entries) => {
+                let before = writer.bytes_written();
                 writer.add_all(entries.iter().map(entry))?;
                 written.store(writer.bytes_written(), Ordering::Relaxed);
+                if let Some(p) = pace
+                    && !p
+                        .limiter
+                        .acquire(writer.bytes_written().saturating_sub(before), &p.cancel)
+                {
+                    // Cancelled while paced: the attempt stops like a closed stream.
+                    return Ok(false);
+                }
             }
         }
     }
@@ -481,7 +510,7 @@ mod tests {
         }
         let written = AtomicU64::new(0);
         let mut w = writer();
-        assert!(feed(&mut w, &mut rx, &written).expect("valid stream"));
+        assert!(feed(&mut w, &mut rx, &written, None).expect("valid stream"));
         assert_eq!(w.entries(), 3);
         let (info, bytes) = w.finish().expect("finish");
         assert_eq!((info.entry_count, info.tombstone_count), (3, 1));
@@ -495,7 +524,7 @@ mod tests {
             .expect("room");
         drop(tx);
         let mut w = writer();
-        assert!(!feed(&mut w, &mut rx, &AtomicU64::new(0)).expect("no bad entry"));
+        assert!(!feed(&mut w, &mut rx, &AtomicU64::new(0), None).expect("no bad entry"));
     }
 
     #[test]
@@ -507,7 +536,7 @@ mod tests {
         ]))
         .expect("room");
         tx.try_send(Feed::End).expect("room");
-        let err = feed(&mut writer(), &mut rx, &AtomicU64::new(0)).expect_err("out of order");
+        let err = feed(&mut writer(), &mut rx, &AtomicU64::new(0), None).expect_err("out of order");
         assert!(
             matches!(err, WriteError::OutOfOrder { index: 1, .. }),
             "{err:?}"

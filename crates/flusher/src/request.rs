@@ -24,6 +24,8 @@ pub struct FlushSpec {
     pub file_id: u64,
     /// Approximate bytes of the memtable, for the free-space check.
     pub size_bytes: u64,
+    /// The attempt's share of the scheduler's IO budget in bytes/s; 0 = unlimited.
+    pub io_bytes_per_sec: u64,
 }
 
 impl FlushSpec {
@@ -74,6 +76,7 @@ fn parse_spec(spec: pb::FlushSpec) -> Result<FlushSpec, InvalidRequest> {
         seqs: SeqRange::of_memtable(spec.first_seq, spec.after_seq, spec.last_seq),
         file_id,
         size_bytes: spec.size_bytes,
+        io_bytes_per_sec: spec.io_bytes_per_sec,
     })
 }
 
@@ -123,6 +126,7 @@ mod tests {
                 output_file_ids: vec![42, 43],
                 after_seq: 10,
                 size_bytes: 1 << 20,
+                io_bytes_per_sec: 0,
             }),
         }
     }

@@ -238,6 +238,7 @@ impl Cluster {
                 output_file_ids: vec![100 + task_id],
                 after_seq: 10,
                 size_bytes: 4096,
+                io_bytes_per_sec: 0,
             }),
         }
     }

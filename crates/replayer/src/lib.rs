@@ -111,14 +111,15 @@ impl HeartbeatSource for Shared {
         self.tables()
             .values()
             .map(|h| {
-                let st = lock(&h.state);
+                let mut st = lock(&h.state);
+                let ingest_bytes_per_sec = st.ingest_rate(runtime::now_ms());
                 pb::TableReplayState {
                     table: st.table.clone(),
                     wal_head_seq: st.wal_head_seq.max(st.applied_seq()),
                     applied_seq: st.applied_seq(),
                     memtable_bytes: st.memory_bytes(),
                     frozen_memtables: st.frozen_count() as u32,
-                    ingest_bytes_per_sec: 0.0,
+                    ingest_bytes_per_sec,
                     task_id: h.task.0,
                     attempt: h.task.1,
                     error: st.error.clone().unwrap_or_default(),

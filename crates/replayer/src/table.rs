@@ -92,7 +92,13 @@ pub struct TableState {
     pub freeze_requested: bool,
     pub entries_applied: u64,
     pub bytes_applied: u64,
+    /// (time, bytes_applied) samples of the last [`INGEST_WINDOW_MS`], for the ingest rate.
+    ingest_samples: VecDeque<(i64, u64)>,
 }
+
+/// The window over which the ingest rate is measured: short, so the scheduler sees a
+/// burst of writes start and end within seconds.
+pub const INGEST_WINDOW_MS: i64 = 3_000;
 
 impl TableState {
     /// A table replayed after `checkpoint`; the first memtable gets id `memtable_id`.
@@ -110,6 +116,27 @@ impl TableState {
             freeze_requested: false,
             entries_applied: 0,
             bytes_applied: 0,
+            ingest_samples: VecDeque::new(),
+        }
+    }
+
+    /// Bytes (keys + values) applied per second over the last [`INGEST_WINDOW_MS`]:
+    /// records a sample at `now_ms` and measures from the oldest one in the window.
+    pub fn ingest_rate(&mut self, now_ms: i64) -> f64 {
+        self.ingest_samples.push_back((now_ms, self.bytes_applied));
+        while self.ingest_samples.len() > 1
+            && self
+                .ingest_samples
+                .get(1)
+                .is_some_and(|(t, _)| *t <= now_ms - INGEST_WINDOW_MS)
+        {
+            self.ingest_samples.pop_front();
+        }
+        match self.ingest_samples.front() {
+            Some((t0, b0)) if now_ms > *t0 => {
+                (self.bytes_applied.saturating_sub(*b0)) as f64 * 1000.0 / (now_ms - t0) as f64
+            }
+            _ => 0.0,
         }
     }
 
@@ -335,6 +362,21 @@ mod tests {
     fn put(t: &mut TableState, seq: SeqNo, k: &str, v: &str) {
         t.apply(seq, ValueKind::Put, k.as_bytes(), v.as_bytes(), 0)
             .expect("apply");
+    }
+
+    #[test]
+    fn the_ingest_rate_rises_with_writes_and_falls_to_zero_once_they_stop() {
+        let mut t = TableState::new("t", 0, 1, 0);
+        assert_eq!(t.ingest_rate(0), 0.0);
+        // 1000 bytes per second for two seconds.
+        for s in 1..=2u64 {
+            t.apply(s, ValueKind::Put, b"k", &[0u8; 999], 0)
+                .expect("apply");
+            assert_eq!(t.ingest_rate(s as i64 * 1000), 1000.0);
+        }
+        // Nothing more: once the window has passed, the rate is zero.
+        assert!(t.ingest_rate(4_000) > 0.0, "still inside the window");
+        assert_eq!(t.ingest_rate(2_000 + INGEST_WINDOW_MS), 0.0);
     }
 
     #[test]

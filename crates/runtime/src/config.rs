@@ -556,6 +556,18 @@ pub struct SchedulerConfig {
     pub retry_backoff_max: Duration,
     /// How often the pickers run without a commit to wake them.
     pub pick_interval: Duration,
+    /// While the cluster's WAL ingest (bytes/s, summed over the tables the replayers
+    /// report) is above this, deferrable work (deep compactions, cleanup, statistics)
+    /// waits; urgent work (replays, flushes, L0 compactions) never does. 0 = no limit.
+    pub peak_ingest_bytes_per_sec: ByteSize,
+    /// Daily UTC time ranges in which deferrable work may run, e.g. `["02:00-05:00"]`
+    /// (a range may wrap midnight: `"22:00-02:00"`); empty = always open. From the
+    /// environment as one comma-separated string.
+    pub maintenance_windows: MaintenanceWindows,
+    /// Disk-bandwidth budget of the whole cluster in bytes per second, shared among the
+    /// running flushes and compactions (urgent ones get a larger share); each worker paces
+    /// its writes to its share. 0 = unlimited.
+    pub io_budget: ByteSize,
 }
 
 impl Default for SchedulerConfig {
@@ -569,7 +581,137 @@ impl Default for SchedulerConfig {
             retry_backoff_base: Duration::secs(1),
             retry_backoff_max: Duration::secs(60),
             pick_interval: Duration::secs(5),
+            peak_ingest_bytes_per_sec: ByteSize(0),
+            maintenance_windows: MaintenanceWindows::default(),
+            io_budget: ByteSize(0),
         }
+    }
+}
+
+/// A daily UTC time range, in minutes since midnight: `start..end`, wrapping midnight when
+/// `end <= start` (`"22:00-02:00"`). `start == end` means the whole day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    pub start_min: u32,
+    pub end_min: u32,
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl MaintenanceWindow {
+    /// Whether the minute of the day `minute` (0..1440) is inside the window.
+    pub fn contains_minute(&self, minute: u32) -> bool {
+        let (s, e) = (self.start_min, self.end_min);
+        if s < e {
+            (s..e).contains(&minute)
+        } else {
+            // Wraps midnight (or, for s == e, the whole day).
+            minute >= s || minute < e
+        }
+    }
+}
+
+impl std::str::FromStr for MaintenanceWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn hhmm(t: &str, whole: &str) -> Result<u32, String> {
+            let bad = || format!("window {whole:?}: {t:?} is not a time HH:MM (00:00 to 24:00)");
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if m >= 60 || h > 24 || (h == 24 && m != 0) || t.trim().len() != 5 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        }
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("window {s:?} must look like \"02:00-05:00\" (daily, UTC)"))?;
+        let (start, end) = (hhmm(a, s)?, hhmm(b, s)?);
+        Ok(Self {
+            start_min: start % 1440,
+            end_min: end % 1440,
+        })
+    }
+}
+
+impl fmt::Display for MaintenanceWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02}",
+            self.start_min / 60,
+            self.start_min % 60,
+            self.end_min / 60,
+            self.end_min % 60
+        )
+    }
+}
+
+/// `scheduler.maintenance_windows`: when deferrable work may run. Pure: the time is passed
+/// in as Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MaintenanceWindows(pub Vec<MaintenanceWindow>);
+
+impl MaintenanceWindows {
+    /// Whether deferrable work may run at `unix_ms` (always, with no windows).
+    pub fn is_open(&self, unix_ms: i64) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let minute = (unix_ms.rem_euclid(DAY_MS) / 60_000) as u32;
+        self.0.iter().any(|w| w.contains_minute(minute))
+    }
+
+    /// Milliseconds from `unix_ms` until a window opens (0 if one is open now).
+    pub fn ms_until_open(&self, unix_ms: i64) -> i64 {
+        if self.is_open(unix_ms) {
+            return 0;
+        }
+        let into_day = unix_ms.rem_euclid(DAY_MS);
+        self.0
+            .iter()
+            .map(|w| (i64::from(w.start_min) * 60_000 - into_day).rem_euclid(DAY_MS))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl fmt::Display for MaintenanceWindows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|w| w.to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for MaintenanceWindows {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            One(String),
+        }
+        let items: Vec<String> = match Raw::deserialize(d)? {
+            Raw::List(l) => l,
+            Raw::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        items
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for MaintenanceWindows {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|w| w.to_string()))
     }
 }
 
@@ -900,6 +1042,68 @@ mod tests {
         assert_eq!(cfg.memtable_flush.max_memtable_size, ByteSize(32 << 20));
         assert_eq!(cfg.compaction.strategy, Strategy::SizeTiered);
         assert_eq!(cfg.compaction.trigger_threshold, 6);
+    }
+
+    #[test]
+    fn maintenance_windows_parse_and_wrap_midnight() {
+        let at = |h: i64, m: i64| 3 * DAY_MS + (h * 60 + m) * 60_000;
+        let w: MaintenanceWindows = MaintenanceWindows(vec![
+            "02:00-05:00".parse().expect("valid"),
+            "22:30-00:30".parse().expect("valid"),
+        ]);
+        assert!(w.is_open(at(2, 0)) && w.is_open(at(4, 59)));
+        assert!(!w.is_open(at(5, 0)) && !w.is_open(at(1, 59)) && !w.is_open(at(12, 0)));
+        assert!(w.is_open(at(23, 0)) && w.is_open(at(0, 10)) && !w.is_open(at(0, 30)));
+        assert_eq!(w.ms_until_open(at(12, 0)), (10 * 60 + 30) * 60_000);
+        assert_eq!(w.ms_until_open(at(1, 0)), 60 * 60_000);
+        assert_eq!(w.ms_until_open(at(3, 0)), 0);
+        assert!(
+            MaintenanceWindows::default().is_open(at(12, 0)),
+            "empty = always open"
+        );
+        assert!(MaintenanceWindows(vec!["00:00-24:00".parse().expect("valid")]).is_open(at(7, 0)));
+        assert_eq!(w.to_string(), "02:00-05:00,22:30-00:30");
+        for bad in [
+            "2-5",
+            "02:00",
+            "25:00-26:00",
+            "02:60-03:00",
+            "ab:cd-01:00",
+            "2:00-03:00",
+        ] {
+            assert!(
+                bad.parse::<MaintenanceWindow>().is_err(),
+                "{bad} must not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn traffic_keys_load_from_yaml_and_env() {
+        let yaml = "scheduler:\n  peak_ingest_bytes_per_sec: 1MB\n  io_budget: 2MB\n  maintenance_windows: [\"02:00-05:00\"]\n";
+        let cfg = load_yaml(yaml, &[]).expect("valid");
+        assert_eq!(cfg.scheduler.peak_ingest_bytes_per_sec, ByteSize(1 << 20));
+        assert_eq!(cfg.scheduler.io_budget, ByteSize(2 << 20));
+        assert_eq!(cfg.scheduler.maintenance_windows.to_string(), "02:00-05:00");
+        let cfg = load_yaml(
+            "",
+            &[(
+                "DP__SCHEDULER__MAINTENANCE_WINDOWS",
+                "01:00-02:00, 22:00-23:00",
+            )],
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.scheduler.maintenance_windows.to_string(),
+            "01:00-02:00,22:00-23:00"
+        );
+        let err = load_yaml("scheduler:\n  maintenance_windows: [\"2am-5am\"]\n", &[])
+            .expect_err("bad window")
+            .to_string();
+        assert!(
+            err.contains("maintenance_windows") && err.contains("2am-5am"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod report;
 pub mod telemetry;
+pub mod throttle;
 pub mod worker;
 
 use std::future::Future;

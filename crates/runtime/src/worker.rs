@@ -136,6 +136,8 @@ pub struct RunningAttempts {
 struct RunningInner {
     worker_id: u64,
     attempts: std::collections::BTreeMap<(u64, u32), (TaskProgress, CancellationToken)>,
+    /// The IO limiter of each attempt that paces to a share of the scheduler's budget.
+    limiters: std::collections::BTreeMap<(u64, u32), Arc<crate::throttle::RateLimiter>>,
 }
 
 /// A slot held by one attempt; reports progress and releases the slot when dropped.
@@ -152,6 +154,12 @@ impl AttemptGuard {
         self.key
     }
 
+    /// Paces this attempt with `limiter`, whose rate follows the share of the IO budget
+    /// the scheduler sends in heartbeat replies.
+    pub fn pace_with(&self, limiter: Arc<crate::throttle::RateLimiter>) {
+        self.owner.lock().limiters.insert(self.key, limiter);
+    }
+
     /// Updates the progress the next heartbeat reports.
     pub fn progress(&self, update: impl FnOnce(&mut TaskProgress)) {
         if let Some((p, _)) = self.owner.lock().attempts.get_mut(&self.key) {
@@ -162,7 +170,9 @@ impl AttemptGuard {
 
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
-        self.owner.lock().attempts.remove(&self.key);
+        let mut inner = self.owner.lock();
+        inner.attempts.remove(&self.key);
+        inner.limiters.remove(&self.key);
     }
 }
 
@@ -242,6 +252,20 @@ impl HeartbeatSource for RunningAttempts {
                     "scheduler cancelled the attempt"
                 );
                 token.cancel();
+            }
+        }
+        for b in &reply.budgets {
+            if let Some(l) = inner.limiters.get(&(b.task_id, b.attempt))
+                && l.bytes_per_sec() != b.io_bytes_per_sec
+                && b.io_bytes_per_sec > 0
+            {
+                tracing::debug!(
+                    task_id = b.task_id,
+                    attempt = b.attempt,
+                    bytes_per_sec = b.io_bytes_per_sec,
+                    "new IO budget share"
+                );
+                l.set_bytes_per_sec(b.io_bytes_per_sec);
             }
         }
     }

@@ -16,7 +16,9 @@ pub fn status_of(e: CoreError) -> Status {
     match e {
         CoreError::QueueFull { .. } => Status::resource_exhausted(msg),
         CoreError::Lock { .. } => Status::aborted(msg),
-        CoreError::TableNotFound(_) | CoreError::TaskNotFound(_) => Status::not_found(msg),
+        CoreError::TableNotFound(_)
+        | CoreError::TaskNotFound(_)
+        | CoreError::NotQuarantined { .. } => Status::not_found(msg),
         CoreError::TableExists(_) => Status::already_exists(msg),
         CoreError::Invalid(_) => Status::invalid_argument(msg),
         CoreError::Refused(_) => Status::failed_precondition(msg),
@@ -186,6 +188,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             output_file_ids: output_file_ids.to_vec(),
             after_seq: *after_seq,
             size_bytes: *size_bytes,
+            io_bytes_per_sec: 0,
         }),
         TaskSpec::Compaction {
             table,
@@ -225,6 +228,19 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             levels: Vec::new(),
             columns: Vec::new(),
         }),
+    }
+}
+
+pub fn quarantined_to_pb(q: &catalog::QuarantineRecord) -> pb::QuarantinedFile {
+    let path = storage::TableName::new(q.table.as_str())
+        .map(|t| storage::paths::sst_file(&t, q.file_id).to_string())
+        .unwrap_or_default();
+    pb::QuarantinedFile {
+        table: q.table.clone(),
+        file_id: q.file_id,
+        path,
+        error: Some(error_to_pb(&q.error)),
+        since_unix_ms: q.since_ms,
     }
 }
 
@@ -398,7 +414,13 @@ pub fn dispatch_call(d: &Dispatch) -> DispatchCall {
         task_id: d.task_id,
         attempt: d.attempt,
     });
-    match spec_oneof(&d.spec, &d.output_file_ids) {
+    let mut spec = spec_oneof(&d.spec, &d.output_file_ids);
+    match &mut spec {
+        Spec::Flush(f) => f.io_bytes_per_sec = d.io_bytes_per_sec,
+        Spec::Compaction(c) => c.io_bytes_per_sec = d.io_bytes_per_sec,
+        _ => {}
+    }
+    match spec {
         Spec::WalReplay(spec) => DispatchCall::Replay(pb::ReplayFromCheckpointRequest {
             dispatch,
             spec: Some(spec),
@@ -458,6 +480,13 @@ mod tests {
             ),
             (CoreError::TableNotFound("t".into()), Code::NotFound),
             (CoreError::TaskNotFound(1), Code::NotFound),
+            (
+                CoreError::NotQuarantined {
+                    table: "t".into(),
+                    file_id: 3,
+                },
+                Code::NotFound,
+            ),
             (CoreError::TableExists("t".into()), Code::AlreadyExists),
             (CoreError::Invalid("x".into()), Code::InvalidArgument),
             (CoreError::Refused("stale".into()), Code::FailedPrecondition),

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use catalog::{
     AttemptRecord, CatalogBatch, CatalogSnapshot, ColumnDef, ErrorRecord, ManifestRecord,
-    TableRecord, TaskKind, TaskRecord, TaskSpec, TaskState, WorkerRecord,
+    QuarantineRecord, TableRecord, TaskKind, TaskRecord, TaskSpec, TaskState, WorkerRecord,
 };
 use lsm::compaction::{PickerInput, Strategy, pick};
 use lsm::manifest::{FileMeta, Version, VersionEdit};
@@ -43,6 +43,10 @@ pub struct CoreConfig {
     /// Keep a WalReplay task live for every table (the table is assigned to a replayer),
     /// unless the table's last replay failed for good (an operator retries it).
     pub assign_replays: bool,
+    /// When deferrable work waits (peak ingest, maintenance windows).
+    pub traffic: crate::traffic::TrafficPolicy,
+    /// Bytes/s shared by running flushes and compactions; 0 = unlimited.
+    pub io_budget_bytes_per_sec: u64,
 }
 
 impl Default for CoreConfig {
@@ -58,6 +62,8 @@ impl Default for CoreConfig {
             num_levels: 7,
             aging_ms: 1000,
             assign_replays: false,
+            traffic: crate::traffic::TrafficPolicy::default(),
+            io_budget_bytes_per_sec: 0,
         }
     }
 }
@@ -79,6 +85,8 @@ pub enum CoreError {
     TableExists(String),
     #[error("task {0} not found")]
     TaskNotFound(u64),
+    #[error("file {file_id} of table {table:?} is not quarantined")]
+    NotQuarantined { table: String, file_id: u64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
     /// A completion that must not change anything: stale attempt, finished task, inputs
@@ -129,6 +137,8 @@ pub struct Dispatch {
     pub columns: Vec<ColumnDef>,
     /// The trace the task belongs to (its `decide` span), for the dispatch span's parent.
     pub trace_parent: String,
+    /// Flushes and compactions: the attempt's share of the IO budget (0 = unlimited).
+    pub io_bytes_per_sec: u64,
 }
 
 /// What a worker reported when it finished an attempt.
@@ -154,6 +164,9 @@ pub struct HeartbeatReply {
     pub cancel: Vec<(u64, u32)>,
     /// Replayers: tables whose active memtable must be frozen and flushed now.
     pub freeze: Vec<String>,
+    /// The current IO-budget share (bytes/s) of each of the worker's running attempts,
+    /// when a budget is set.
+    pub budgets: Vec<(u64, u32, u64)>,
 }
 
 /// Per-kind queue figures.
@@ -186,6 +199,10 @@ pub struct Core {
     timer_expiries: (u64, u64),
     /// L0 and compaction samples for the stall forecast.
     forecast: crate::forecast::Tracker,
+    /// The latest ingest rate the replayers reported per table.
+    ingest: crate::traffic::IngestRates,
+    /// Poison inputs by file id: kept in their manifests, excluded from picking.
+    quarantined: BTreeMap<u64, QuarantineRecord>,
     /// Tables whose manifest or compaction locks changed since the last pick: only their
     /// picks can differ.
     repick: BTreeSet<String>,
@@ -217,6 +234,8 @@ struct Dirty {
     deleted_workers: BTreeSet<u64>,
     stats: BTreeSet<String>,
     counters: bool,
+    /// Quarantine records to put (present) or delete (absent).
+    quarantine: BTreeSet<u64>,
 }
 
 const NEXT_TASK_ID: &str = "next_task_id";
@@ -255,6 +274,8 @@ impl Core {
             pending_freezes: BTreeMap::new(),
             timer_expiries: (0, 0),
             forecast: crate::forecast::Tracker::default(),
+            ingest: crate::traffic::IngestRates::default(),
+            quarantined: snap.quarantined,
             repick: BTreeSet::new(),
             stats_dirty: BTreeSet::new(),
             stats_queued_ms: HashMap::new(),
@@ -345,6 +366,53 @@ impl Core {
         )
     }
 
+    /// Records the ingest rate a replayer reported for `table`.
+    pub fn record_ingest(&mut self, table: &str, bytes_per_sec: f64, now_ms: i64) {
+        if self.tables.contains_key(table) {
+            self.ingest.record(table, bytes_per_sec, now_ms);
+        }
+    }
+
+    /// The cluster's ingest in bytes/s: the latest report of every table whose replayer
+    /// still heartbeats.
+    pub fn ingest_bytes_per_sec(&self, now_ms: i64) -> f64 {
+        self.ingest.total(now_ms, self.cfg.heartbeat_timeout_ms)
+    }
+
+    /// Per-table ingest rates (bytes/s) of the live reports.
+    pub fn ingest_by_table(&self, now_ms: i64) -> Vec<(String, f64)> {
+        self.ingest.by_table(now_ms, self.cfg.heartbeat_timeout_ms)
+    }
+
+    /// Why deferrable work waits now (peak ingest, closed maintenance window), if it does.
+    pub fn deferral(&self, now_ms: i64) -> Option<String> {
+        crate::traffic::defer_reason(&self.cfg.traffic, self.ingest_bytes_per_sec(now_ms), now_ms)
+    }
+
+    /// The IO-budget share (bytes/s) of every running flush and compaction attempt; empty
+    /// without a budget.
+    pub fn io_shares(&self) -> BTreeMap<(u64, u32), u64> {
+        let budget = self.cfg.io_budget_bytes_per_sec;
+        if budget == 0 {
+            return BTreeMap::new();
+        }
+        let running: Vec<((u64, u32), bool)> = self
+            .live_tasks()
+            .filter(|t| {
+                t.state == TaskState::Running
+                    && t.staged_files.is_none()
+                    && matches!(t.kind(), TaskKind::MemtableFlush | TaskKind::Compaction)
+            })
+            .map(|t| ((t.id, t.attempt), crate::traffic::is_urgent(&t.spec)))
+            .collect();
+        let flags: Vec<bool> = running.iter().map(|(_, u)| *u).collect();
+        running
+            .iter()
+            .map(|(k, _)| *k)
+            .zip(crate::traffic::io_shares(budget, &flags))
+            .collect()
+    }
+
     /// Attempts ended since start because their worker stopped heartbeating, and because
     /// they made no progress.
     pub fn timer_expiries(&self) -> (u64, u64) {
@@ -391,6 +459,12 @@ impl Core {
             if let Some(s) = self.stats.get(name) {
                 b.put_stats(name, s);
             }
+        }
+        for id in &dirty.quarantine {
+            match self.quarantined.get(id) {
+                Some(q) => b.put_quarantine(q),
+                None => b.delete_quarantine(*id),
+            };
         }
         if dirty.counters {
             for (name, v) in &self.counters {
@@ -454,6 +528,17 @@ impl Core {
         self.manifests.remove(name);
         self.stats.remove(name);
         self.forecast.forget(name);
+        self.ingest.forget(name);
+        let gone: Vec<u64> = self
+            .quarantined
+            .values()
+            .filter(|q| q.table == name)
+            .map(|q| q.file_id)
+            .collect();
+        for id in gone {
+            self.quarantined.remove(&id);
+            self.dirty.quarantine.insert(id);
+        }
         let ids: Vec<u64> = self
             .tasks
             .values()
@@ -735,6 +820,8 @@ impl Core {
             ids.extend(t.spec.input_file_ids());
         }
         ids.extend(self.obsolete_since.keys().copied());
+        // Quarantined files are in their manifests; kept explicitly all the same.
+        ids.extend(self.quarantined.keys().copied());
         Some(ids)
     }
 
@@ -795,6 +882,11 @@ impl Core {
         }
         if t.not_before_ms > now_ms {
             return format!("retry backoff: {} ms left", t.not_before_ms - now_ms);
+        }
+        if !crate::traffic::is_urgent(&t.spec)
+            && let Some(reason) = self.deferral(now_ms)
+        {
+            return reason;
         }
         let kind = t.kind();
         if let Some(limit) = self.cfg.max_running.get(&kind) {
@@ -930,10 +1022,22 @@ impl Core {
             .remove(&worker_id)
             .map(|t| t.into_iter().collect())
             .unwrap_or_default();
+        let shares = self.io_shares();
+        let budgets = self
+            .workers
+            .get(&worker_id)
+            .map(|w| {
+                w.assigned
+                    .iter()
+                    .filter_map(|k| shares.get(k).map(|b| (k.0, k.1, *b)))
+                    .collect()
+            })
+            .unwrap_or_default();
         HeartbeatReply {
             reregister: false,
             cancel,
             freeze,
+            budgets,
         }
     }
 
@@ -1148,8 +1252,18 @@ impl Core {
         {
             a.ended_at_ms = now_ms;
         }
-        let retriable = error.retriable;
-        task.errors.push(error);
+        let mut retriable = error.retriable;
+        let poison = crate::quarantine::poison_verdict(task, &error);
+        task.errors.push(error.clone());
+        match poison {
+            Some(crate::quarantine::Verdict::Bisect) => {
+                self.poison_input(id, error, now_ms);
+                return;
+            }
+            // Corruption may be passing (an object being replaced): once more first.
+            Some(crate::quarantine::Verdict::Retry) => retriable = true,
+            None => {}
+        }
         let failures = task.errors.len() as u32;
         // A table must stay assigned: a replay is retried for as long as its errors are
         // retriable (a replayer restarting is not a reason to stop replaying the table).
@@ -1173,6 +1287,117 @@ impl Core {
         }
     }
 
+    /// A compaction failed on corrupt input for good: it fails, and either the one file it
+    /// read is quarantined or its inputs are split into smaller probe compactions (see
+    /// [`crate::quarantine`]), queued at once so that nothing else takes the files between.
+    fn poison_input(&mut self, id: u64, error: ErrorRecord, now_ms: i64) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let attempt = task.attempt;
+        task.state = TaskState::Failed;
+        task.finished_at_ms = now_ms;
+        let (spec, priority) = (task.spec.clone(), task.priority);
+        self.dirty.tasks.insert(id);
+        self.finish_bookkeeping(id, attempt);
+        let TaskSpec::Compaction {
+            table,
+            inputs,
+            target_file_size,
+            ..
+        } = spec
+        else {
+            return;
+        };
+        match crate::quarantine::split(&inputs) {
+            crate::quarantine::Split::Quarantine { level, file_id } => {
+                tracing::warn!(
+                    task_id = id,
+                    table = %table,
+                    file_id,
+                    level,
+                    error = %error.message,
+                    "poison input quarantined"
+                );
+                self.quarantined.insert(
+                    file_id,
+                    QuarantineRecord {
+                        table: table.clone(),
+                        file_id,
+                        level,
+                        error,
+                        since_ms: now_ms,
+                    },
+                );
+                self.dirty.quarantine.insert(file_id);
+                self.repick.insert(table);
+            }
+            crate::quarantine::Split::Probes(parts) => {
+                for (level, files) in parts {
+                    let n = files.len();
+                    let spec = TaskSpec::Compaction {
+                        table: table.clone(),
+                        inputs: vec![(level, files)],
+                        output_level: level,
+                        bottommost: false,
+                        target_file_size,
+                        trivial_move: false,
+                        reason: format!(
+                            "{} of task {id}: {n} file(s) of L{level}",
+                            crate::quarantine::BISECT_REASON
+                        ),
+                    };
+                    match self.submit(spec, priority, now_ms) {
+                        Ok(probe) => tracing::info!(
+                            task_id = id,
+                            probe,
+                            table = %table,
+                            files = n,
+                            "corrupt input: bisecting with a smaller compaction"
+                        ),
+                        // Files gone meanwhile: the picker takes what is left.
+                        Err(e) => {
+                            tracing::warn!(task_id = id, table = %table, error = %e, "bisection probe not queued")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quarantined files, by file id.
+    pub fn quarantined(&self) -> impl Iterator<Item = &QuarantineRecord> {
+        self.quarantined.values()
+    }
+
+    /// Puts a quarantined file back into picking (after an operator replaced or checked
+    /// it). A file that is still corrupt is found and quarantined again.
+    pub fn release_quarantined(
+        &mut self,
+        table: &str,
+        file_id: u64,
+    ) -> Result<QuarantineRecord, CoreError> {
+        match self.quarantined.get(&file_id) {
+            Some(q) if q.table == table => {}
+            _ => {
+                return Err(CoreError::NotQuarantined {
+                    table: table.to_owned(),
+                    file_id,
+                });
+            }
+        }
+        let q = self
+            .quarantined
+            .remove(&file_id)
+            .ok_or(CoreError::NotQuarantined {
+                table: table.to_owned(),
+                file_id,
+            })?;
+        self.dirty.quarantine.insert(file_id);
+        self.repick.insert(table.to_owned());
+        Ok(q)
+    }
+
     fn plan_dispatches(&mut self, now_ms: i64) -> Vec<Dispatch> {
         let aging = self.cfg.aging_ms.max(1);
         let mut ready: Vec<(i64, u64)> = self
@@ -1188,15 +1413,21 @@ impl Core {
         for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
             *running.entry(t.kind()).or_default() += 1;
         }
+        let deferred = self.deferral(now_ms).is_some();
         let mut out = Vec::new();
         for (_, id) in ready {
-            let Some((kind, avoid)) = self
-                .tasks
-                .get(&id)
-                .map(|t| (t.kind(), t.attempts.last().map(|a| a.worker_id)))
-            else {
+            let Some((kind, avoid, urgent)) = self.tasks.get(&id).map(|t| {
+                (
+                    t.kind(),
+                    t.attempts.last().map(|a| a.worker_id),
+                    crate::traffic::is_urgent(&t.spec),
+                )
+            }) else {
                 continue;
             };
+            if deferred && !urgent {
+                continue;
+            }
             let limit = self
                 .cfg
                 .max_running
@@ -1269,6 +1500,7 @@ impl Core {
                 levels: Vec::new(),
                 columns: Vec::new(),
                 trace_parent: task.trace_parent.clone(),
+                io_bytes_per_sec: 0,
             };
             if let TaskSpec::StatisticsUpdate { table } = &dispatch.spec {
                 if let Some(m) = self.manifests.get(table) {
@@ -1307,6 +1539,12 @@ impl Core {
                 }
                 let _ = self.cancel(id, now_ms);
             }
+        }
+        // Shares over everything running now, the new attempts included (the running
+        // ones learn theirs with their worker's next heartbeat).
+        let shares = self.io_shares();
+        for d in &mut out {
+            d.io_bytes_per_sec = shares.get(&(d.task_id, d.attempt)).copied().unwrap_or(0);
         }
         out
     }
@@ -1628,15 +1866,47 @@ impl Core {
         };
         let mut queued = Vec::new();
         let mut moved = 0;
+        let deferring = self.deferral(now_ms).is_some();
         for table in tables {
-            let locked: BTreeSet<u64> = self.locks.keys().copied().collect();
+            // While deferrable work waits, its pending compactions must not keep urgent
+            // ones (L0) from their files: the picker does not see their locks, and an
+            // urgent plan that needs them supersedes them (they are picked again later).
+            let yielding: BTreeSet<u64> = if deferring {
+                self.locks
+                    .values()
+                    .filter(|t| {
+                        self.tasks.get(t).is_some_and(|t| {
+                            t.state == TaskState::Pending && !crate::traffic::is_urgent(&t.spec)
+                        })
+                    })
+                    .copied()
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            let mut locked: BTreeSet<u64> = self
+                .locks
+                .iter()
+                .filter(|(_, t)| !yielding.contains(t))
+                .map(|(f, _)| *f)
+                .collect();
             let Some(m) = self.manifests.get(&table) else {
                 continue;
             };
+            // Quarantined files are left out of picking: an L0 one is hidden from the
+            // picker (the other L0 files compact without it), a deeper one is treated as
+            // locked (nothing may rewrite its key range around it).
+            let poisoned: BTreeSet<u64> = self
+                .quarantined
+                .values()
+                .filter(|q| q.table == table)
+                .map(|q| q.file_id)
+                .collect();
+            let view = crate::quarantine::picker_view(&m.levels, &poisoned, &mut locked);
             let output = pick(
                 strategy,
                 &PickerInput {
-                    version: &m.levels,
+                    version: view.as_ref().unwrap_or(&m.levels),
                     locked: &locked,
                 },
             );
@@ -1666,12 +1936,31 @@ impl Core {
                     table: table.clone(),
                     inputs: plan.inputs.clone(),
                     output_level: plan.output_level,
-                    bottommost: plan.bottommost,
+                    // A quarantined file may hold older versions the picker cannot see:
+                    // tombstones must stay.
+                    bottommost: plan.bottommost && poisoned.is_empty(),
                     target_file_size: plan.target_file_size,
                     trivial_move: false,
                     reason: plan.reason.clone(),
                 };
                 let top = plan.inputs.first().map_or(0, |(l, _)| *l as i32);
+                if crate::traffic::is_urgent(&spec) {
+                    let superseded: BTreeSet<u64> = spec
+                        .input_file_ids()
+                        .iter()
+                        .filter_map(|f| self.locks.get(f))
+                        .filter(|t| yielding.contains(t))
+                        .copied()
+                        .collect();
+                    for id in superseded {
+                        tracing::info!(
+                            task_id = id,
+                            table = %table,
+                            "deferred compaction superseded by an urgent one that needs its files"
+                        );
+                        let _ = self.cancel(id, now_ms);
+                    }
+                }
                 // A full queue or a lock taken since the pick: try again next round.
                 if let Ok(id) = self.submit(spec, 80 - 5 * top, now_ms) {
                     queued.push(id);

@@ -15,7 +15,9 @@ pub mod core;
 pub mod forecast;
 pub mod manual;
 pub mod page;
+pub mod quarantine;
 mod service;
+pub mod traffic;
 
 use std::sync::Arc;
 
@@ -40,6 +42,14 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
         service::COMPACTION_DEBT,
         metrics::Unit::Bytes,
         "Bytes compaction still owes, by table."
+    );
+    metrics::describe_gauge!(
+        service::QUARANTINED_FILES,
+        "Files quarantined as poison inputs (excluded from compaction until released), by table."
+    );
+    metrics::describe_gauge!(
+        service::INGEST_RATE,
+        "WAL bytes per second the replayers last reported, by table (scheduler.peak_ingest_bytes_per_sec compares their sum)."
     );
     metrics::describe_counter!(
         service::STALE_COMMITS_REFUSED,

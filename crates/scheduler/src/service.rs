@@ -38,6 +38,10 @@ pub const STALE_COMMITS_REFUSED: &str = "processor_stale_commits_refused_total";
 pub const STALL_FORECAST: &str = "processor_stall_forecast_seconds";
 /// Bytes compaction still owes, by table.
 pub const COMPACTION_DEBT: &str = "processor_compaction_debt_bytes";
+/// Files quarantined as poison inputs, by table.
+pub const QUARANTINED_FILES: &str = "processor_quarantined_files";
+/// WAL bytes/s the replayers last reported, by table (what traffic-aware scheduling uses).
+pub const INGEST_RATE: &str = "processor_ingest_bytes_per_sec";
 
 /// Priorities: flushes and replays first, then L0 compactions, deeper compactions, then
 /// housekeeping. Waiting time is added by the core, so nothing starves.
@@ -80,6 +84,11 @@ pub fn core_config(cfg: &Config) -> CoreConfig {
         num_levels: cfg.compaction.level_based.num_levels as usize,
         aging_ms: 1000,
         assign_replays: true,
+        traffic: crate::traffic::TrafficPolicy {
+            peak_ingest_bytes_per_sec: s.peak_ingest_bytes_per_sec.as_u64(),
+            windows: s.maintenance_windows.clone(),
+        },
+        io_budget_bytes_per_sec: s.io_budget.as_u64(),
     }
 }
 
@@ -463,6 +472,22 @@ impl SchedulerState {
             metrics::gauge!(STALL_FORECAST, "table" => f.table.clone()).set(f.seconds_to_stall);
             metrics::gauge!(COMPACTION_DEBT, "table" => f.table).set(f.debt_bytes as f64);
         }
+        let quarantined: BTreeMap<String, usize> = self
+            .read(|c, _| {
+                let mut by_table: BTreeMap<String, usize> =
+                    c.tables().map(|t| (t.name.clone(), 0)).collect();
+                for q in c.quarantined() {
+                    *by_table.entry(q.table.clone()).or_default() += 1;
+                }
+                by_table
+            })
+            .await;
+        for (table, n) in quarantined {
+            metrics::gauge!(QUARANTINED_FILES, "table" => table).set(n as f64);
+        }
+        for (table, rate) in self.read(|c, now| c.ingest_by_table(now)).await {
+            metrics::gauge!(INGEST_RATE, "table" => table).set(rate);
+        }
         for (kind, c) in counts {
             metrics::gauge!(runtime::metrics::QUEUE_DEPTH, "type" => kind.label(), "service" => "scheduler")
                 .set(c.pending as f64);
@@ -629,6 +654,11 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             .0
             .mutate(|c, now| {
                 let reply = c.heartbeat(req.worker_id, &running, now);
+                if !reply.reregister {
+                    for t in &req.tables {
+                        c.record_ingest(&t.table, t.ingest_bytes_per_sec, now);
+                    }
+                }
                 // A replayer learns each table's checkpoint and drops the memtables it covers.
                 let checkpoints: Vec<pb::CommittedFlush> = req
                     .tables
@@ -656,6 +686,15 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             reregister: reply.reregister,
             committed_flushes: checkpoints,
             freeze_tables: reply.freeze,
+            budgets: reply
+                .budgets
+                .iter()
+                .map(|(task_id, attempt, b)| pb::TaskBudget {
+                    task_id: *task_id,
+                    attempt: *attempt,
+                    io_bytes_per_sec: *b,
+                })
+                .collect(),
         }))
     }
 
@@ -948,6 +987,8 @@ impl pb::admin_server::Admin for AdminApi {
                             })
                         })
                         .collect(),
+                    ingest_bytes_per_sec: c.ingest_bytes_per_sec(now),
+                    deferral: c.deferral(now).unwrap_or_default(),
                 }
             })
             .await;
@@ -1393,6 +1434,35 @@ impl pb::admin_server::Admin for AdminApi {
             })
             .await
             .map(Response::new)
+    }
+
+    async fn list_quarantined(
+        &self,
+        _request: Request<pb::ListQuarantinedRequest>,
+    ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
+        let files = self
+            .0
+            .read(|c, _| c.quarantined().map(convert::quarantined_to_pb).collect())
+            .await;
+        Ok(Response::new(pb::ListQuarantinedResponse { files }))
+    }
+
+    async fn release_quarantined(
+        &self,
+        request: Request<pb::ReleaseQuarantinedRequest>,
+    ) -> Result<Response<pb::ReleaseQuarantinedResponse>, Status> {
+        let req = request.into_inner();
+        if req.table.is_empty() {
+            return Err(Status::invalid_argument("table: required"));
+        }
+        let released = self
+            .0
+            .mutate(|c, _| c.release_quarantined(&req.table, req.file_id))
+            .await
+            .map_err(status_of)?;
+        tracing::info!(table = %released.table, file_id = released.file_id, "quarantined file released");
+        self.0.wake.notify_one();
+        Ok(Response::new(pb::ReleaseQuarantinedResponse {}))
     }
 }
 

@@ -17,6 +17,7 @@ fn cfg() -> CoreConfig {
         num_levels: 4,
         aging_ms: 1000,
         assign_replays: false,
+        ..CoreConfig::default()
     }
 }
 
@@ -912,4 +913,394 @@ fn a_long_chain_of_out_of_order_flushes_commits_in_order_without_recursion() {
         ids.iter()
             .all(|id| c.task(*id).map(|t| t.state) == Some(TaskState::Succeeded))
     );
+}
+
+// ---- traffic-aware scheduling and the IO budget -------------------------------------
+
+/// A core with table `t`, a flusher and a compactor of 8 slots, the given traffic policy
+/// and IO budget; `t` has two L0 files and an L1 and an L2 file that overlap.
+fn traffic_setup(traffic: crate::traffic::TrafficPolicy, io_budget: u64) -> (Core, u64, u64) {
+    let mut c = Core::new(CoreConfig {
+        traffic,
+        io_budget_bytes_per_sec: io_budget,
+        ..cfg()
+    });
+    c.create_table("t", vec![], T0).expect("table");
+    let f = c
+        .register_worker("flusher", "f", "f:1", 8, "v", T0)
+        .expect("f");
+    let k = c
+        .register_worker("compactor", "k", "k:1", 8, "v", T0)
+        .expect("k");
+    with_files(
+        &mut c,
+        &[
+            (0, file(1, "a", "m", 10)),
+            (0, file(2, "b", "n", 11)),
+            (1, file(3, "a", "f", 5)),
+            (2, file(4, "a", "z", 1)),
+        ],
+    );
+    (c, f, k)
+}
+
+/// Queues one task of every class: flush, L0 compaction, deep compaction, cleanup,
+/// statistics. Returns (urgent ids, deferrable ids).
+fn one_of_each(c: &mut Core) -> (Vec<u64>, Vec<u64>) {
+    let m = c.manifest("t").expect("t").levels.clone();
+    let l0 = m.levels[0].clone();
+    let flush = c.submit(flush_spec(1, 30), 100, T0).expect("flush");
+    let l0c = c
+        .submit(compaction(vec![(0, l0)], 1), 80, T0)
+        .expect("l0 compaction");
+    let deep = c
+        .submit(compaction(vec![(2, m.levels[2].clone())], 3), 70, T0)
+        .expect("deep compaction");
+    let cleanup = c
+        .submit(
+            TaskSpec::Cleanup {
+                table: "t".into(),
+                sst_paths: vec![],
+                wal_paths: vec![],
+                dry_run: false,
+            },
+            10,
+            T0,
+        )
+        .expect("cleanup");
+    let stats = c
+        .submit(TaskSpec::StatisticsUpdate { table: "t".into() }, 10, T0)
+        .expect("stats");
+    (vec![flush, l0c], vec![deep, cleanup, stats])
+}
+
+fn running(c: &Core, ids: &[u64]) -> bool {
+    ids.iter()
+        .all(|id| c.task(*id).is_some_and(|t| t.state == TaskState::Running))
+}
+
+fn pending(c: &Core, ids: &[u64]) -> bool {
+    ids.iter()
+        .all(|id| c.task(*id).is_some_and(|t| t.state == TaskState::Pending))
+}
+
+#[test]
+fn peak_ingest_defers_deep_compactions_cleanup_and_statistics_but_never_urgent_work() {
+    let policy = crate::traffic::TrafficPolicy {
+        peak_ingest_bytes_per_sec: 1 << 20,
+        ..Default::default()
+    };
+    let (mut c, _, _) = traffic_setup(policy, 0);
+    c.record_ingest("t", 3.0 * f64::from(1 << 20), T0);
+    c.record_ingest("no-such-table", 1e12, T0);
+    assert_eq!(c.ingest_bytes_per_sec(T0), 3.0 * f64::from(1 << 20));
+    let (urgent, deferrable) = one_of_each(&mut c);
+    c.tick(T0);
+    assert!(running(&c, &urgent), "flush and L0 compaction run");
+    assert!(pending(&c, &deferrable), "the rest waits");
+    for id in &deferrable {
+        let t = c.task(*id).expect("task");
+        let why = c.waiting_reason(t, T0);
+        assert!(
+            why.starts_with("deferred: ingest") && why.contains("peak_ingest_bytes_per_sec"),
+            "{why}"
+        );
+    }
+    // Still above the peak a while later: still waiting.
+    c.record_ingest("t", 2.0 * f64::from(1 << 20), T0 + 500);
+    c.tick(T0 + 500);
+    assert!(pending(&c, &deferrable));
+    // Ingest drops: the deferred work runs.
+    c.record_ingest("t", 1000.0, T0 + 900);
+    c.tick(T0 + 900);
+    assert!(
+        running(&c, &deferrable),
+        "deferred work runs once ingest drops"
+    );
+}
+
+#[test]
+fn a_silent_replayer_no_longer_counts_as_ingest() {
+    let policy = crate::traffic::TrafficPolicy {
+        peak_ingest_bytes_per_sec: 1000,
+        ..Default::default()
+    };
+    let (mut c, _, _) = traffic_setup(policy, 0);
+    c.record_ingest("t", 5000.0, T0);
+    assert!(c.deferral(T0).is_some());
+    // heartbeat_timeout is 1 s in these tests.
+    assert!(c.deferral(T0 + 1001).is_none());
+}
+
+#[test]
+fn a_closed_maintenance_window_defers_until_it_opens() {
+    // T0 is 00:16:40 UTC of 1 Jan 1970; the window opens at 01:00.
+    let policy = crate::traffic::TrafficPolicy {
+        windows: runtime::config::MaintenanceWindows(vec!["01:00-02:00".parse().expect("valid")]),
+        ..Default::default()
+    };
+    let (mut c, f, k) = traffic_setup(policy, 0);
+    let (urgent, deferrable) = one_of_each(&mut c);
+    c.tick(T0);
+    assert!(running(&c, &urgent));
+    assert!(pending(&c, &deferrable));
+    let why = c.waiting_reason(c.task(deferrable[0]).expect("task"), T0);
+    assert!(
+        why.contains("maintenance_windows 01:00-02:00") && why.contains("0h43m"),
+        "{why}"
+    );
+    let one_am = 3_600_000;
+    for w in [f, k] {
+        c.heartbeat(w, &[], one_am);
+    }
+    c.tick(one_am);
+    assert!(running(&c, &deferrable), "the window opened");
+}
+
+#[test]
+fn an_urgent_l0_compaction_supersedes_a_deferred_one_holding_its_files() {
+    let policy = crate::traffic::TrafficPolicy {
+        peak_ingest_bytes_per_sec: 1000,
+        ..Default::default()
+    };
+    let (mut c, _, _) = traffic_setup(policy, 0);
+    c.record_ingest("t", 5000.0, T0);
+    // A deferred L1 -> L2 compaction holds file 3, which the L0 files overlap.
+    let l1 = c.manifest("t").expect("t").levels.levels[1].clone();
+    let l2 = c.manifest("t").expect("t").levels.levels[2].clone();
+    let deep = c
+        .submit(compaction(vec![(1, l1), (2, l2)], 2), 75, T0)
+        .expect("deep");
+    with_files(
+        &mut c,
+        &[(0, file(5, "c", "o", 12)), (0, file(6, "d", "p", 13))],
+    );
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, T0);
+    assert_eq!(queued.len(), 1, "the L0 compaction is queued");
+    assert_eq!(c.task(deep).map(|t| t.state), Some(TaskState::Cancelled));
+    let l0 = c.task(queued[0]).expect("l0");
+    assert!(l0.spec.input_file_ids().contains(&3), "{:?}", l0.spec);
+}
+
+#[test]
+fn the_io_budget_is_shared_by_running_flushes_and_compactions_and_rebalanced() {
+    let (mut c, f, k) = traffic_setup(crate::traffic::TrafficPolicy::default(), 10_000);
+    let m = c.manifest("t").expect("t").levels.clone();
+    let deep = c
+        .submit(compaction(vec![(2, m.levels[2].clone())], 3), 70, T0)
+        .expect("deep");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].io_bytes_per_sec, 10_000, "alone: the whole budget");
+    // A flush (urgent) starts: 4:1.
+    let flush = c.submit(flush_spec(1, 30), 100, T0).expect("flush");
+    let d = c.tick(T0 + 10);
+    assert_eq!((d[0].task_id, d[0].io_bytes_per_sec), (flush, 8_000));
+    // The running deep compaction learns its new share from its next heartbeat.
+    let reply = c.heartbeat(k, &[(deep, 1, Progress::default())], T0 + 20);
+    assert_eq!(reply.budgets, vec![(deep, 1, 2_000)]);
+    let reply = c.heartbeat(f, &[(flush, 1, Progress::default())], T0 + 20);
+    assert_eq!(reply.budgets, vec![(flush, 1, 8_000)]);
+    // The flush ends: the compaction gets everything again.
+    let out = d[0].output_file_ids[0];
+    c.complete(flush, 1, success(vec![file(out, "a", "b", 30)]), T0 + 30)
+        .expect("commit");
+    let reply = c.heartbeat(k, &[(deep, 1, Progress::default())], T0 + 40);
+    assert_eq!(reply.budgets, vec![(deep, 1, 10_000)]);
+    // Without a budget nothing is sent.
+    let (mut c, _, k) = traffic_setup(crate::traffic::TrafficPolicy::default(), 0);
+    let id = c
+        .submit(compaction(vec![(2, m.levels[2].clone())], 3), 70, T0)
+        .expect("deep");
+    assert_eq!(c.tick(T0)[0].io_bytes_per_sec, 0);
+    assert!(
+        c.heartbeat(k, &[(id, 1, Progress::default())], T0)
+            .budgets
+            .is_empty()
+    );
+}
+
+// ---- poison-input quarantine --------------------------------------------------------
+
+fn corruption(file: u64) -> Outcome {
+    Outcome::Failure(ErrorRecord {
+        attempt: 0,
+        kind: "corruption".into(),
+        message: format!("corrupt block in sst {file} at offset 4096"),
+        file: format!("tables/t/sst/{file}.sst"),
+        offset: 4096,
+        retriable: false,
+        at_ms: 0,
+    })
+}
+
+/// Runs every dispatch like a compactor whose storage holds the corrupt file `bad`: a
+/// compaction that reads it fails with a corruption error, any other one merges its
+/// inputs into one output file. Returns the number of dispatches.
+fn run_compactions(c: &mut Core, bad: u64, mut now: i64) -> (usize, i64) {
+    let mut n = 0;
+    let workers: Vec<u64> = c.workers().map(|w| w.record.id).collect();
+    for _ in 0..200 {
+        now += 2000;
+        for w in &workers {
+            c.heartbeat(*w, &[], now);
+        }
+        let d = c.tick(now);
+        if d.is_empty() && c.live_tasks().next().is_none() {
+            break;
+        }
+        for d in d {
+            n += 1;
+            let TaskSpec::Compaction { inputs, .. } = &d.spec else {
+                panic!("only compactions here: {:?}", d.spec)
+            };
+            let files: Vec<&FileMeta> = inputs.iter().flat_map(|(_, f)| f).collect();
+            let outcome = if files.iter().any(|f| f.id == bad) {
+                corruption(bad)
+            } else {
+                let lo = files.iter().map(|f| f.smallest_seq).min().unwrap_or(0);
+                let hi = files.iter().map(|f| f.largest_seq).max().unwrap_or(0);
+                let mut out = file(d.output_file_ids[0], "a", "z", hi);
+                out.smallest_seq = lo;
+                out.smallest = files
+                    .iter()
+                    .map(|f| f.smallest.clone())
+                    .min()
+                    .unwrap_or_default();
+                out.largest = files
+                    .iter()
+                    .map(|f| f.largest.clone())
+                    .max()
+                    .unwrap_or_default();
+                success(vec![out])
+            };
+            c.complete(d.task_id, d.attempt, outcome, now + 1)
+                .expect("completion accepted");
+        }
+    }
+    (n, now)
+}
+
+#[test]
+fn bisection_quarantines_only_the_corrupt_file_and_the_other_fifteen_are_compacted() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0)
+        .expect("k");
+    let l0: Vec<(u32, FileMeta)> = (1..=16).map(|i| (0, file(i, "a", "z", i))).collect();
+    with_files(&mut c, &l0);
+    let bad = 11;
+    let id = c
+        .submit(
+            compaction(vec![(0, l0.iter().map(|(_, f)| f.clone()).collect())], 1),
+            80,
+            T0,
+        )
+        .expect("submit");
+    let (dispatches, now) = run_compactions(&mut c, bad, T0);
+    let t = c.task(id).expect("task");
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(
+        t.errors.len(),
+        2,
+        "retried once, then bisected: {:?}",
+        t.errors
+    );
+    // 16 -> 8 -> 4 -> 2 -> 1: two probes per round.
+    assert!(dispatches <= 2 + 2 * 4, "{dispatches} dispatches");
+    let q: Vec<&QuarantineRecord> = c.quarantined().collect();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(
+        (q[0].table.as_str(), q[0].file_id, q[0].level),
+        ("t", bad, 0)
+    );
+    assert!(
+        q[0].error.message.contains("corrupt block"),
+        "{:?}",
+        q[0].error
+    );
+    // Everything else was compacted by the probes: L0 holds the bad file and the probes'
+    // outputs, and no input other than it is left.
+    let m = c.manifest("t").expect("t");
+    let l0_ids: Vec<u64> = m.levels.levels[0].iter().map(|f| f.id).collect();
+    assert!(l0_ids.contains(&bad));
+    assert!(
+        l0_ids.iter().all(|id| *id == bad || *id > 16),
+        "only the bad file is left of the inputs: {l0_ids:?}"
+    );
+    // The picker leaves it out: the rest of L0 goes down without it.
+    with_files(
+        &mut c,
+        &[(0, file(50, "a", "z", 50)), (0, file(51, "a", "z", 51))],
+    );
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, now);
+    assert_eq!(queued.len(), 1);
+    let spec = &c.task(queued[0]).expect("pick").spec;
+    assert!(!spec.input_file_ids().contains(&bad), "{spec:?}");
+    assert!(
+        matches!(
+            spec,
+            TaskSpec::Compaction {
+                bottommost: false,
+                ..
+            }
+        ),
+        "no tombstone may be dropped while a quarantined file may hold older versions"
+    );
+    // Cleanup keeps it.
+    let refs = c
+        .referenced_file_ids(now + 100_000, 1)
+        .expect("past the grace period");
+    assert!(refs.contains(&bad));
+    // It survives a restart.
+    let batch = c.take_batch();
+    assert!(!batch.is_empty());
+    let snap = CatalogSnapshot {
+        tables: c.tables.clone(),
+        manifests: c.manifests.clone(),
+        tasks: c.tasks.clone(),
+        quarantined: c.quarantined.clone(),
+        ..Default::default()
+    };
+    let mut r = Core::from_snapshot(cfg(), snap, now);
+    assert_eq!(r.quarantined().count(), 1);
+    // Release: wrong table or id is refused and changes nothing; the right one puts it back.
+    assert!(matches!(
+        r.release_quarantined("u", bad),
+        Err(CoreError::NotQuarantined { .. })
+    ));
+    assert!(r.release_quarantined("t", 999).is_err());
+    assert_eq!(r.quarantined().count(), 1);
+    let released = r.release_quarantined("t", bad).expect("release");
+    assert_eq!(released.file_id, bad);
+    assert_eq!(r.quarantined().count(), 0);
+    assert!(!r.take_batch().is_empty(), "the release is persisted");
+}
+
+#[test]
+fn a_deeper_quarantined_file_is_found_through_its_own_level_probe() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0)
+        .expect("k");
+    with_files(
+        &mut c,
+        &[
+            (0, file(1, "a", "z", 10)),
+            (0, file(2, "a", "z", 11)),
+            (1, file(3, "a", "f", 5)),
+            (1, file(4, "g", "m", 5)),
+            (1, file(5, "n", "z", 5)),
+        ],
+    );
+    let m = c.manifest("t").expect("t").levels.clone();
+    c.submit(
+        compaction(vec![(0, m.levels[0].clone()), (1, m.levels[1].clone())], 1),
+        80,
+        T0,
+    )
+    .expect("submit");
+    run_compactions(&mut c, 4, T0);
+    let q: Vec<(u64, u32)> = c.quarantined().map(|q| (q.file_id, q.level)).collect();
+    assert_eq!(q, vec![(4, 1)]);
+    // Level 1 is still non-overlapping (the probes rewrote contiguous key ranges).
+    assert!(c.manifest("t").expect("t").levels.check().is_ok());
 }
