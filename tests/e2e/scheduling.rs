@@ -363,7 +363,7 @@ fn a_corrupt_sst_among_sixteen_inputs_is_quarantined_alone_and_released_after_re
 
     // Corrupt one of them in the middle (a data block: its checksum no longer matches).
     let bad = l0[5];
-    let path = dir.path().join(format!("storage/tables/t/sst/{bad}.sst"));
+    let path = dir.path().join(format!("storage/tables/t/sst/{bad:020}.sst"));
     let original = std::fs::read(&path).unwrap();
     let mut broken = original.clone();
     let at = broken.len() / 3;
@@ -482,14 +482,6 @@ fn a_corrupt_sst_among_sixteen_inputs_is_quarantined_alone_and_released_after_re
     c.check_oracle(&oracle, &["t"]);
 }
 
-/// The value of an unlabelled-or-labelled counter `name` in a Prometheus text body.
-fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
 #[test]
 fn two_compactions_together_write_at_the_io_budget() {
     const BUDGET: f64 = 512.0 * 1024.0;
@@ -531,7 +523,7 @@ fn two_compactions_together_write_at_the_io_budget() {
     }
     // One compactor with room for both compactions: each gets half of the budget, and
     // whichever runs alone gets all of it.
-    let k = c.start_compactor();
+    c.start_compactor();
     let done = wait_until(Duration::from_secs(240), || {
         let ts = tasks(&c);
         ts.iter()
@@ -547,18 +539,23 @@ fn two_compactions_together_write_at_the_io_budget() {
         "compactions never finished: {}",
         c.admin(&["tasks", "list"]).stdout
     );
+    // The picker may first take a few of the L0 files, then the rest: the last compaction
+    // of each table wrote the files its manifest holds now. Those two ran together.
     let ts = tasks(&c);
-    let compactions: Vec<&Value> = ts.iter().filter(|t| t["type"] == "compaction").collect();
-    assert_eq!(
-        compactions.len(),
-        2,
-        "one L0 compaction per table: {compactions:?}"
-    );
-    let spans: Vec<(i64, i64)> = compactions
+    let mut last: Vec<&Value> = Vec::new();
+    for table in ["a", "b"] {
+        let t = ts
+            .iter()
+            .filter(|t| t["type"] == "compaction" && t["table"] == table)
+            .max_by_key(|t| t["id"].as_u64())
+            .unwrap();
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert_eq!(t["attempt"], 1, "no retry: {t}");
+        last.push(t);
+    }
+    let spans: Vec<(i64, i64)> = last
         .iter()
         .map(|t| {
-            assert_eq!(t["state"], "succeeded", "{t}");
-            assert_eq!(t["attempt"], 1, "no retry: {t}");
             let a = &t["attempts"][0];
             (
                 a["started_at_ms"].as_i64().unwrap(),
@@ -571,19 +568,17 @@ fn two_compactions_together_write_at_the_io_budget() {
     let overlap =
         spans.iter().map(|s| s.1).min().unwrap() - spans.iter().map(|s| s.0).max().unwrap();
     let secs = (end - start) as f64 / 1000.0;
+    assert!(secs >= 20.0, "the compactions ran {secs} s: make them bigger");
     assert!(
-        secs >= 20.0,
-        "the compactions ran {secs} s: make them bigger"
+        overlap as f64 >= 0.9 * (end - start) as f64,
+        "the two compactions did not run together: {spans:?}"
     );
-    assert!(
-        overlap as f64 / 1000.0 >= 10.0,
-        "the two compactions ran together for {overlap} ms only: {spans:?}"
-    );
-    // Bytes written by both, over the whole time either ran.
-    let port = c.worker_ports[c.flushers.len() + k].http; // flushers started first
-    let (code, body) = tests::http_get(port, "/metrics").unwrap();
-    assert_eq!(code, 200);
-    let written = metric(&body, "compaction_bytes_written_total");
+    // Bytes the two wrote: their outputs, the tables' files now.
+    let written: f64 = ["a", "b"]
+        .iter()
+        .flat_map(|t| c.files(t))
+        .map(|f| f["size"].as_u64().unwrap() as f64)
+        .sum();
     let rate = written / secs;
     println!("{written} bytes in {secs:.1} s: {rate:.0} B/s for a budget of {BUDGET} B/s");
     assert!(
