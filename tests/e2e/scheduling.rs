@@ -363,7 +363,9 @@ fn a_corrupt_sst_among_sixteen_inputs_is_quarantined_alone_and_released_after_re
 
     // Corrupt one of them in the middle (a data block: its checksum no longer matches).
     let bad = l0[5];
-    let path = dir.path().join(format!("storage/tables/t/sst/{bad:020}.sst"));
+    let path = dir
+        .path()
+        .join(format!("storage/tables/t/sst/{bad:020}.sst"));
     let original = std::fs::read(&path).unwrap();
     let mut broken = original.clone();
     let at = broken.len() / 3;
@@ -568,7 +570,10 @@ fn two_compactions_together_write_at_the_io_budget() {
     let overlap =
         spans.iter().map(|s| s.1).min().unwrap() - spans.iter().map(|s| s.0).max().unwrap();
     let secs = (end - start) as f64 / 1000.0;
-    assert!(secs >= 20.0, "the compactions ran {secs} s: make them bigger");
+    assert!(
+        secs >= 20.0,
+        "the compactions ran {secs} s: make them bigger"
+    );
     assert!(
         overlap as f64 >= 0.9 * (end - start) as f64,
         "the two compactions did not run together: {spans:?}"
