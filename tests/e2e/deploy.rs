@@ -842,6 +842,8 @@ fn grafana_dashboard_uses_our_metric_names() {
         "processor_compaction_debt_bytes",
         "processor_lease_expiries_total",
         "processor_stale_commits_refused_total",
+        "processor_quarantined_files",
+        "processor_ingest_bytes_per_sec",
     ];
     for name in &known[..7] {
         assert!(
