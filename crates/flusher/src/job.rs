@@ -528,6 +528,52 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_paces_the_build_and_a_cancellation_stops_it() {
+        let chunk = |n: u64| {
+            Feed::Chunk(
+                (0..20)
+                    .map(|i| kv(&format!("k{n:02}{i:02}"), 1, Some(&"v".repeat(1000))))
+                    .collect(),
+            )
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        for n in 0..4 {
+            tx.try_send(chunk(n)).expect("room");
+        }
+        tx.try_send(Feed::End).expect("room");
+        let rate = 100_000;
+        let pace = Pace {
+            limiter: Arc::new(RateLimiter::new(rate).expect("limited")),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let mut w = writer();
+        let start = Instant::now();
+        assert!(feed(&mut w, &mut rx, &AtomicU64::new(0), Some(&pace)).expect("valid"));
+        let paid = w.bytes_written() as f64;
+        assert!(paid > 40_000.0, "{paid}");
+        // The bucket starts with a tenth of a second's worth; the rest is paced.
+        let at_least = (paid - rate as f64 * 0.1) / rate as f64;
+        let took = start.elapsed().as_secs_f64();
+        assert!(
+            took >= 0.9 * at_least,
+            "{paid} bytes in {took} s at {rate} B/s"
+        );
+
+        // Cancelled while waiting for the budget: the feed stops unfinished.
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.try_send(chunk(0)).expect("room");
+        tx.try_send(Feed::End).expect("room");
+        let slow = Pace {
+            limiter: Arc::new(RateLimiter::new(1).expect("limited")),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        slow.cancel.cancel();
+        assert!(
+            !feed(&mut writer(), &mut rx, &AtomicU64::new(0), Some(&slow)).expect("no bad entry")
+        );
+    }
+
+    #[test]
     fn feed_stops_at_the_first_bad_entry() {
         let (tx, mut rx) = mpsc::channel(8);
         tx.try_send(Feed::Chunk(vec![

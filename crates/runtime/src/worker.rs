@@ -392,3 +392,40 @@ pub fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidRequest
         reason: reason.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::v1::TaskBudget;
+
+    #[test]
+    fn a_heartbeat_reply_sets_the_new_budget_share_of_a_paced_attempt() {
+        let attempts = RunningAttempts::new(2);
+        let parent = CancellationToken::new();
+        let paced = attempts.try_start(1, 1, &parent).expect("slot");
+        let limiter = Arc::new(crate::throttle::RateLimiter::new(1000).expect("limited"));
+        paced.pace_with(limiter.clone());
+        let _unpaced = attempts.try_start(2, 1, &parent).expect("slot");
+        let budget = |task_id, attempt, io_bytes_per_sec| TaskBudget {
+            task_id,
+            attempt,
+            io_bytes_per_sec,
+        };
+        attempts.on_reply(&HeartbeatResponse {
+            budgets: vec![budget(1, 1, 4000), budget(2, 1, 9), budget(1, 2, 7)],
+            ..Default::default()
+        });
+        assert_eq!(
+            limiter.bytes_per_sec(),
+            4000,
+            "only its own attempt's share"
+        );
+        // Once the attempt ends, a late share changes nothing.
+        drop(paced);
+        attempts.on_reply(&HeartbeatResponse {
+            budgets: vec![budget(1, 1, 10)],
+            ..Default::default()
+        });
+        assert_eq!(limiter.bytes_per_sec(), 4000);
+    }
+}
