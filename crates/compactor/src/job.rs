@@ -220,6 +220,7 @@ async fn compact_attempt(
         cancel: guard.cancel.clone(),
         progress: Arc::new(Progress::default()),
         limiter,
+        preempt: guard.preempt.clone(),
     };
     let store = Arc::new(StorageSstStore::new(
         ctx.storage.clone(),

@@ -31,6 +31,16 @@
 //! budget ([`crate::throttle`]). When a range fails, the others stop at their next check;
 //! a failed or cancelled compaction abandons its open outputs (nothing becomes visible)
 //! and deletes the ones it had finished.
+//!
+//! Preemption ([`Control::preempt`]): a merge of one range that is asked to stop early
+//! stops before the first user key K at which no input file of the output level straddles
+//! (no such file has `smallest < K <= largest`), finishes its open output there and reports
+//! a partial result: the outputs (every key below K) and, as consumed, the inputs wholly
+//! below K. The output level's remaining files start at or after K, so the outputs never
+//! overlap them; an upper-level input straddling K stays where it is — its keys below K now
+//! also exist, with the same sequence numbers, in the outputs one level down, which reads
+//! and later merges treat as one version (the newest sequence number wins; an identical
+//! internal key is shadowed). A merge of several ranges ignores preemption and finishes.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -100,6 +110,9 @@ pub struct Control {
     pub progress: Arc<Progress>,
     /// The IO budget (shared with whoever else holds it); `None`: unlimited.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Cancelled to ask the merge to stop early with a partial result (see the module
+    /// docs).
+    pub preempt: CancellationToken,
 }
 
 /// One written output.
@@ -139,6 +152,9 @@ pub struct Compacted {
     pub bytes_written: u64,
     /// Ranges the key space was cut into.
     pub subcompactions: usize,
+    /// `None`: every input was consumed. `Some`: the merge was preempted, and only these
+    /// inputs (wholly below its cut key) were consumed.
+    pub consumed: Option<Vec<u64>>,
 }
 
 /// Keys from inside every input (index-block separators; no data is read), so that
@@ -192,6 +208,7 @@ pub fn compact<S: SstStore>(
         spec,
         options,
         control,
+        preemptible: ranges.len() == 1,
         stop: control.cancel.child_token(),
         next_id: AtomicUsize::new(0),
         finished: Mutex::new(Vec::new()),
@@ -214,11 +231,13 @@ pub fn compact<S: SstStore>(
     let mut outputs = Vec::new();
     let mut stats = CompactionStats::default();
     let mut failure: Option<CompactionError> = None;
+    let mut cut: Option<Vec<u8>> = None;
     for result in results {
         match result {
             Ok(r) => {
                 outputs.extend(r.outputs);
                 add(&mut stats, r.stats);
+                cut = cut.or(r.cut);
             }
             // The first real failure wins over the cancellations it caused in the others.
             Err(e) => {
@@ -238,7 +257,15 @@ pub fn compact<S: SstStore>(
     span.record("outputs", outputs.len());
     span.record("entries_in", stats.input_entries);
     span.record("entries_out", stats.output_entries);
+    let consumed = cut.map(|k| {
+        tracing::info!(outputs = outputs.len(), "merge preempted: a partial result");
+        spec.input_files()
+            .filter(|(_, f)| f.largest.as_ref() < k.as_slice())
+            .map(|(_, f)| f.id)
+            .collect()
+    });
     Ok(Compacted {
+        consumed,
         bytes_written: outputs.iter().map(|o| o.size).sum(),
         bytes_read: control.progress.bytes_read.load(Ordering::Relaxed) - read_before,
         outputs,
@@ -317,6 +344,8 @@ struct Shared<'a, S> {
     spec: &'a CompactionSpec,
     options: &'a MergeOptions,
     control: &'a Control,
+    /// Whether the merge may stop early when preempted (one range only).
+    preemptible: bool,
     /// Cancelled with the attempt, or by a failing range.
     stop: CancellationToken,
     /// Index of the next unused output id.
@@ -342,6 +371,8 @@ impl Accounted {
 struct RangeOutput {
     outputs: Vec<OutputFile>,
     stats: CompactionStats,
+    /// Set when the range stopped early (preempted) before this user key.
+    cut: Option<Vec<u8>>,
 }
 
 /// An output being written.
@@ -384,9 +415,22 @@ impl<S: SstStore> Shared<'_, S> {
         let mut out: Option<Output<S::Writer>> = None;
         let mut entries = Accounted::default();
         let mut checked_at = 0u64;
+        let mut cut = None;
         while it.valid() {
             let key = it.key();
             let key_user = user_key(key);
+            // Preempted: stop at the first new user key where no output-level input
+            // straddles (all versions of a key stay in one output).
+            if self.preemptible
+                && self.control.preempt.is_cancelled()
+                && out
+                    .as_ref()
+                    .is_none_or(|o| o.last_user_key.as_slice() != key_user)
+                && self.is_cut(key_user)
+            {
+                cut = Some(key_user.to_vec());
+                break;
+            }
             if let Some(o) = out.take_if(|o| {
                 o.builder.estimated_size() >= target && o.last_user_key.as_slice() != key_user
             }) {
@@ -425,7 +469,23 @@ impl<S: SstStore> Shared<'_, S> {
             self.check(unaccounted, entries.advance(stats.input_entries))?;
         }
         self.count_entries(entries.advance(stats.input_entries));
-        Ok(RangeOutput { outputs, stats })
+        Ok(RangeOutput {
+            outputs,
+            stats,
+            cut,
+        })
+    }
+
+    /// Whether the merge may stop before user key `k`: no input file of the output level
+    /// holds keys on both sides of it.
+    fn is_cut(&self, k: &[u8]) -> bool {
+        !self
+            .spec
+            .inputs
+            .iter()
+            .filter(|(level, _)| *level == self.spec.output_level)
+            .flat_map(|(_, files)| files)
+            .any(|f| f.smallest.as_ref() < k && k <= f.largest.as_ref())
     }
 
     /// The periodic check: stopped? Then count `entries` more merged entries and
@@ -519,6 +579,7 @@ impl<S: SstStore> Shared<'_, S> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
     use bytes::Bytes;
@@ -956,6 +1017,97 @@ mod tests {
         stopper.join().expect("stopper");
         assert!(matches!(err, CompactionError::Cancelled), "{err:?}");
         assert_eq!(store.file_ids(), [1, 2, 3, 4], "finished outputs deleted");
+    }
+
+    /// The visible value of every key (newest version; tombstones hide) over `entries`.
+    fn visible(entries: impl IntoIterator<Item = Entry>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut newest: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
+        for (k, seq, v) in entries {
+            if newest.get(&k).is_none_or(|(s, _)| *s < seq) {
+                newest.insert(k, (seq, v));
+            }
+        }
+        newest
+            .into_iter()
+            .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
+            .collect()
+    }
+
+    #[test]
+    fn a_preempted_merge_commits_a_partial_result_that_reads_the_same() {
+        // L1: two files over the whole key space; L2: four files of 100 keys each.
+        let l1 = |range: std::ops::Range<u32>, seq: u64| -> Vec<Entry> {
+            range
+                .step_by(3)
+                .map(|i| {
+                    let v = (i % 7 != 0).then(|| format!("new{i}"));
+                    entry(&format!("k{i:03}"), seq + u64::from(i), v.as_deref())
+                })
+                .collect()
+        };
+        let l2 = |range: std::ops::Range<u32>| -> Vec<Entry> {
+            range
+                .map(|i| entry(&format!("k{i:03}"), 1 + u64::from(i), Some("old")))
+                .collect()
+        };
+        let files = vec![
+            (1, l1(0..200, 1000)),
+            (1, l1(200..400, 2000)),
+            (2, l2(0..100)),
+            (2, l2(100..200)),
+            (2, l2(200..300)),
+            (2, l2(300..400)),
+        ];
+        let all: Vec<Entry> = files.iter().flat_map(|(_, e)| e.clone()).collect();
+        let (store, levels) = inputs(files, &SstOptions::default());
+        let mut s = spec(levels.clone(), false);
+        s.target_file_size = 1000;
+        // Slow writes; the scheduler preempts a little after the start.
+        let control = Control {
+            limiter: RateLimiter::new(10_000).map(Arc::new),
+            ..Control::default()
+        };
+        let preempt = control.preempt.clone();
+        let preempter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            preempt.cancel();
+        });
+        let c = compact(&store, &s, &MergeOptions::default(), &control).expect("partial");
+        preempter.join().expect("preempter");
+        let consumed = c.consumed.clone().expect("a partial result");
+        let input_ids: Vec<u64> = levels
+            .iter()
+            .flat_map(|(_, f)| f.iter().map(|f| f.id))
+            .collect();
+        assert!(
+            consumed.len() < input_ids.len(),
+            "stopped early: {consumed:?} of {input_ids:?}"
+        );
+        let outputs = contents(&store, &c);
+        // The outputs stay below every output-level file that remains.
+        let kept_l2: Vec<&FileMeta> = levels[1]
+            .1
+            .iter()
+            .filter(|f| !consumed.contains(&f.id))
+            .collect();
+        for o in &c.outputs {
+            for f in &kept_l2 {
+                assert!(
+                    o.info.largest_user_key < f.smallest,
+                    "output {} overlaps kept L2 file {}",
+                    o.file_id,
+                    f.id
+                );
+            }
+        }
+        // The model check: the kept inputs plus the outputs read exactly as all inputs did.
+        let mut after: Vec<Entry> = outputs.into_iter().flatten().collect();
+        for (_, files) in &levels {
+            for f in files.iter().filter(|f| !consumed.contains(&f.id)) {
+                after.extend(read_sst(store.get(f.id).expect("kept input")).expect("readable"));
+            }
+        }
+        assert_eq!(visible(after), visible(all));
     }
 
     #[test]

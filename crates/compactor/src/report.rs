@@ -24,12 +24,14 @@ pub fn file_meta(output: &OutputFile) -> pb::FileMeta {
     }
 }
 
-/// The result of a finished merge. Every input was consumed (`consumed_inputs` empty).
+/// The result of a finished merge: every input consumed (`consumed_inputs` empty), or,
+/// when it was preempted, a partial result naming the inputs it consumed.
 pub fn compaction_result(compacted: &Compacted) -> pb::CompactionResult {
     let s = &compacted.stats;
     pb::CompactionResult {
         outputs: compacted.outputs.iter().map(file_meta).collect(),
-        consumed_inputs: Vec::new(),
+        consumed_inputs: compacted.consumed.clone().unwrap_or_default(),
+        partial: compacted.consumed.is_some(),
         bytes_read: compacted.bytes_read,
         bytes_written: compacted.bytes_written,
         entries_in: s.input_entries,
@@ -92,6 +94,7 @@ mod tests {
             bytes_read: 1000,
             bytes_written: bytes.len() as u64,
             subcompactions: 1,
+            consumed: None,
         };
         let r = compaction_result(&compacted);
         assert_eq!(

@@ -568,6 +568,10 @@ pub struct SchedulerConfig {
     /// running flushes and compactions (urgent ones get a larger share); each worker paces
     /// its writes to its share. 0 = unlimited.
     pub io_budget: ByteSize,
+    /// When a table's stall forecast falls below this and its L0 compaction waits for a
+    /// compaction slot, a running deep compaction is preempted: it stops at its next
+    /// output boundary, commits what it finished, and yields its slot. 0s = never.
+    pub preempt_below_stall_forecast: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -584,6 +588,7 @@ impl Default for SchedulerConfig {
             peak_ingest_bytes_per_sec: ByteSize(0),
             maintenance_windows: MaintenanceWindows::default(),
             io_budget: ByteSize(0),
+            preempt_below_stall_forecast: Duration::secs(0),
         }
     }
 }

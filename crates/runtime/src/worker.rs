@@ -138,6 +138,8 @@ struct RunningInner {
     attempts: std::collections::BTreeMap<(u64, u32), (TaskProgress, CancellationToken)>,
     /// The IO limiter of each attempt that paces to a share of the scheduler's budget.
     limiters: std::collections::BTreeMap<(u64, u32), Arc<crate::throttle::RateLimiter>>,
+    /// Cancelled when the scheduler preempts the attempt (see [`AttemptGuard::preempt`]).
+    preempts: std::collections::BTreeMap<(u64, u32), CancellationToken>,
 }
 
 /// A slot held by one attempt; reports progress and releases the slot when dropped.
@@ -146,6 +148,9 @@ pub struct AttemptGuard {
     key: (u64, u32),
     /// Cancelled when the scheduler cancels the attempt or the worker shuts down.
     pub cancel: CancellationToken,
+    /// Cancelled when the scheduler asks the attempt to stop early and report what it has
+    /// finished (a compaction preempted for urgent work).
+    pub preempt: CancellationToken,
 }
 
 impl AttemptGuard {
@@ -173,6 +178,7 @@ impl Drop for AttemptGuard {
         let mut inner = self.owner.lock();
         inner.attempts.remove(&self.key);
         inner.limiters.remove(&self.key);
+        inner.preempts.remove(&self.key);
     }
 }
 
@@ -220,10 +226,13 @@ impl RunningAttempts {
                 cancel.clone(),
             ),
         );
+        let preempt = CancellationToken::new();
+        inner.preempts.insert((task_id, attempt), preempt.clone());
         Ok(AttemptGuard {
             owner: self.clone(),
             key: (task_id, attempt),
             cancel,
+            preempt,
         })
     }
 
@@ -250,6 +259,16 @@ impl HeartbeatSource for RunningAttempts {
                     task_id = c.task_id,
                     attempt = c.attempt,
                     "scheduler cancelled the attempt"
+                );
+                token.cancel();
+            }
+        }
+        for p in &reply.preempt {
+            if let Some(token) = inner.preempts.get(&(p.task_id, p.attempt)) {
+                tracing::info!(
+                    task_id = p.task_id,
+                    attempt = p.attempt,
+                    "scheduler preempted the attempt: stopping at the next output boundary"
                 );
                 token.cancel();
             }

@@ -305,22 +305,24 @@ pub fn outcome_from_pb(o: Option<pb::complete_task_request::Outcome>) -> Result<
         )),
         Some(O::Error(e)) => Ok(Outcome::Failure(error_from_pb(&e))),
         Some(O::Result(r)) => {
-            let (files, consumed_inputs, stats) = match r.result {
-                Some(R::Flush(f)) => (f.files, Vec::new(), None),
-                Some(R::Compaction(c)) => (c.outputs, c.consumed_inputs, None),
+            let (files, consumed_inputs, stats, partial) = match r.result {
+                Some(R::Flush(f)) => (f.files, Vec::new(), None, false),
+                Some(R::Compaction(c)) => (c.outputs, c.consumed_inputs, None, c.partial),
                 Some(R::Statistics(s)) => (
                     Vec::new(),
                     Vec::new(),
                     Some(serde_json::json!({ "encoded": hex(&prost::Message::encode_to_vec(&s)) })),
+                    false,
                 ),
                 Some(R::WalReplay(_)) | Some(R::Cleanup(_)) | None => {
-                    (Vec::new(), Vec::new(), None)
+                    (Vec::new(), Vec::new(), None, false)
                 }
             };
             Ok(Outcome::Success {
                 files: files.iter().map(file_from_pb).collect::<Result<_, _>>()?,
                 consumed_inputs,
                 stats,
+                partial,
             })
         }
     }

@@ -150,6 +150,9 @@ pub enum Outcome {
         files: Vec<FileMeta>,
         consumed_inputs: Vec<u64>,
         stats: Option<serde_json::Value>,
+        /// A preempted compaction's partial result: exactly `consumed_inputs` (possibly
+        /// none) are replaced.
+        partial: bool,
     },
     /// Failure, with the worker's typed error.
     Failure(ErrorRecord),
@@ -164,6 +167,8 @@ pub struct HeartbeatReply {
     pub cancel: Vec<(u64, u32)>,
     /// Replayers: tables whose active memtable must be frozen and flushed now.
     pub freeze: Vec<String>,
+    /// Compactors: attempts to stop early with a partial result (preempted).
+    pub preempt: Vec<(u64, u32)>,
     /// The current IO-budget share (bytes/s) of each of the worker's running attempts,
     /// when a budget is set.
     pub budgets: Vec<(u64, u32, u64)>,
@@ -203,6 +208,10 @@ pub struct Core {
     ingest: crate::traffic::IngestRates,
     /// Poison inputs by file id: kept in their manifests, excluded from picking.
     quarantined: BTreeMap<u64, QuarantineRecord>,
+    /// Preemptions to deliver with each worker's next heartbeat reply.
+    pending_preempts: BTreeMap<u64, Vec<(u64, u32)>>,
+    /// Attempts already asked to stop early (asked once).
+    preempted: BTreeSet<(u64, u32)>,
     /// Tables whose manifest or compaction locks changed since the last pick: only their
     /// picks can differ.
     repick: BTreeSet<String>,
@@ -276,6 +285,8 @@ impl Core {
             forecast: crate::forecast::Tracker::default(),
             ingest: crate::traffic::IngestRates::default(),
             quarantined: snap.quarantined,
+            pending_preempts: BTreeMap::new(),
+            preempted: BTreeSet::new(),
             repick: BTreeSet::new(),
             stats_dirty: BTreeSet::new(),
             stats_queued_ms: HashMap::new(),
@@ -827,6 +838,7 @@ impl Core {
 
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
         self.live.remove(&id);
+        self.preempted.remove(&(id, attempt));
         if let Some(TaskSpec::MemtableFlush {
             table,
             memtable_id,
@@ -1033,11 +1045,13 @@ impl Core {
                     .collect()
             })
             .unwrap_or_default();
+        let preempt = self.pending_preempts.remove(&worker_id).unwrap_or_default();
         HeartbeatReply {
             reregister: false,
             cancel,
             freeze,
             budgets,
+            preempt,
         }
     }
 
@@ -1365,6 +1379,67 @@ impl Core {
         }
     }
 
+    /// Preemption for stalls: when an urgent compaction of a table in `stalling` (whose
+    /// stall forecast fell below the threshold) waits because the cluster runs as many
+    /// compactions as it may, the running deferrable compaction that started last is
+    /// asked to stop at its next output boundary and commit what it finished; its slot
+    /// then goes to the urgent one. One preemption per waiting urgent compaction; each
+    /// attempt is asked once. Returns the (task, attempt)s asked now.
+    pub fn preempt_for_stalls(&mut self, stalling: &BTreeSet<String>) -> Vec<(u64, u32)> {
+        if stalling.is_empty() {
+            return Vec::new();
+        }
+        let waiting = self
+            .live_tasks()
+            .filter(|t| {
+                t.state == TaskState::Pending
+                    && t.kind() == TaskKind::Compaction
+                    && crate::traffic::is_urgent(&t.spec)
+                    && stalling.contains(t.spec.table())
+            })
+            .count();
+        let limit = self
+            .cfg
+            .max_running
+            .get(&TaskKind::Compaction)
+            .copied()
+            .unwrap_or(usize::MAX);
+        let running: Vec<&TaskRecord> = self
+            .live_tasks()
+            .filter(|t| t.state == TaskState::Running && t.kind() == TaskKind::Compaction)
+            .collect();
+        if waiting == 0 || running.len() < limit {
+            return Vec::new();
+        }
+        let already = running
+            .iter()
+            .filter(|t| self.preempted.contains(&(t.id, t.attempt)))
+            .count();
+        let mut victims: Vec<(i64, u64, u32, u64)> = running
+            .iter()
+            .filter(|t| {
+                !crate::traffic::is_urgent(&t.spec)
+                    && !crate::quarantine::is_probe(&t.spec)
+                    && !self.preempted.contains(&(t.id, t.attempt))
+            })
+            .filter_map(|t| {
+                t.current_attempt()
+                    .map(|a| (a.started_at_ms, t.id, t.attempt, a.worker_id))
+            })
+            .collect();
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        let mut asked = Vec::new();
+        for (_, id, attempt, worker) in victims.into_iter().take(waiting.saturating_sub(already)) {
+            self.preempted.insert((id, attempt));
+            self.pending_preempts
+                .entry(worker)
+                .or_default()
+                .push((id, attempt));
+            asked.push((id, attempt));
+        }
+        asked
+    }
+
     /// Quarantined files, by file id.
     pub fn quarantined(&self) -> impl Iterator<Item = &QuarantineRecord> {
         self.quarantined.values()
@@ -1682,6 +1757,7 @@ impl Core {
                 files,
                 consumed_inputs,
                 stats,
+                partial,
             } => {
                 if let Some(f) = files.iter().find(|f| !allowed.contains(&f.id)) {
                     return Err(CoreError::Refused(format!(
@@ -1730,7 +1806,7 @@ impl Core {
                             .iter()
                             .flat_map(|(l, fs)| fs.iter().map(move |f| (*l, f.id)))
                             .collect();
-                        let removed = if consumed_inputs.is_empty() {
+                        let removed = if consumed_inputs.is_empty() && !partial {
                             all
                         } else {
                             all.into_iter()
@@ -1834,6 +1910,7 @@ impl Core {
                 files,
                 consumed_inputs: Vec::new(),
                 stats: None,
+                partial: false,
             };
             if let Err(e) = self.complete_one(id, attempt, outcome, now_ms) {
                 // Cannot happen for a live staged flush; never loop on it.

@@ -571,6 +571,25 @@ pub async fn dispatch_loop(
             _ = state.wake.notified() => {}
         }
         rounds += 1;
+        // Tables whose stall forecast is below the preemption threshold (twice a second).
+        let preempt_below = state
+            .config
+            .scheduler
+            .preempt_below_stall_forecast
+            .get()
+            .as_secs_f64();
+        let stalling: std::collections::BTreeSet<String> =
+            if preempt_below > 0.0 && rounds.is_multiple_of(5) {
+                state
+                    .forecasts("")
+                    .await
+                    .into_iter()
+                    .filter(|f| f.seconds_to_stall >= 0.0 && f.seconds_to_stall < preempt_below)
+                    .map(|f| f.table)
+                    .collect()
+            } else {
+                Default::default()
+            };
         // Every round picks the tables that changed (cheap: usually none); every
         // pick_interval, all of them.
         let all = last_pick.elapsed() >= pick_every;
@@ -589,6 +608,14 @@ pub async fn dispatch_loop(
                     c.queue_statistics(interval, interval.min(10_000), now);
                 }
                 trace_new_tasks(c);
+                for (task_id, attempt) in c.preempt_for_stalls(&stalling) {
+                    tracing::info!(
+                        task_id,
+                        attempt,
+                        tables = ?stalling,
+                        "stall forecast below scheduler.preempt_below_stall_forecast: preempting a deep compaction"
+                    );
+                }
                 if !queued.is_empty() || moved > 0 {
                     tracing::info!(
                         queued = queued.len(),
@@ -686,6 +713,14 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             reregister: reply.reregister,
             committed_flushes: checkpoints,
             freeze_tables: reply.freeze,
+            preempt: reply
+                .preempt
+                .iter()
+                .map(|(task_id, attempt)| pb::TaskRef {
+                    task_id: *task_id,
+                    attempt: *attempt,
+                })
+                .collect(),
             budgets: reply
                 .budgets
                 .iter()

@@ -53,6 +53,7 @@ fn success(files: Vec<FileMeta>) -> Outcome {
         files,
         consumed_inputs: vec![],
         stats: None,
+        partial: false,
     }
 }
 
@@ -1303,4 +1304,88 @@ fn a_deeper_quarantined_file_is_found_through_its_own_level_probe() {
     assert_eq!(q, vec![(4, 1)]);
     // Level 1 is still non-overlapping (the probes rewrote contiguous key ranges).
     assert!(c.manifest("t").expect("t").levels.check().is_ok());
+}
+
+// ---- preemption for stalls ----------------------------------------------------------
+
+#[test]
+fn a_stall_preempts_the_deep_compaction_its_partial_result_commits_and_l0_gets_the_slot() {
+    let (mut c, _, k) = traffic_setup(crate::traffic::TrafficPolicy::default(), 0);
+    c.cfg.max_running.insert(TaskKind::Compaction, 1);
+    // A deep compaction of L2 (file 4, a..z) into the empty L3 runs.
+    let m = c.manifest("t").expect("t").levels.clone();
+    let deep = c
+        .submit(compaction(vec![(2, m.levels[2].clone())], 3), 70, T0)
+        .expect("deep");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 1);
+    // The L0 compaction waits for the one slot.
+    let l0 = c
+        .submit(
+            compaction(vec![(0, m.levels[0].clone()), (1, m.levels[1].clone())], 1),
+            80,
+            T0,
+        )
+        .expect("l0");
+    assert!(c.tick(T0 + 10).is_empty(), "the one slot is taken");
+    // No stall, or a stall of another table: nothing happens.
+    assert!(c.preempt_for_stalls(&BTreeSet::new()).is_empty());
+    assert!(
+        c.preempt_for_stalls(&BTreeSet::from(["u".to_owned()]))
+            .is_empty()
+    );
+    let stalling = BTreeSet::from(["t".to_owned()]);
+    assert_eq!(c.preempt_for_stalls(&stalling), vec![(deep, 1)]);
+    assert!(c.preempt_for_stalls(&stalling).is_empty(), "asked once");
+    let reply = c.heartbeat(k, &[(deep, 1, Progress::default())], T0 + 20);
+    assert_eq!(reply.preempt, vec![(deep, 1)]);
+    assert!(c.heartbeat(k, &[], T0 + 30).preempt.is_empty());
+    // The partial result: keys a..m written to L3; file 4 straddles the cut, so it is not
+    // consumed and stays in L2 (an empty consumed list means none here, not all).
+    // (The fixture's files took ids 1 to 4 without allocating them: use a later one.)
+    let out = *d[0].output_file_ids.last().expect("ids");
+    c.complete(
+        deep,
+        1,
+        Outcome::Success {
+            files: vec![file(out, "a", "m", 1)],
+            consumed_inputs: vec![],
+            stats: None,
+            partial: true,
+        },
+        T0 + 40,
+    )
+    .expect("partial commit");
+    let levels = &c.manifest("t").expect("t").levels.levels;
+    assert_eq!(levels[2].iter().map(|f| f.id).collect::<Vec<_>>(), vec![4]);
+    assert_eq!(
+        levels[3].iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![out]
+    );
+    assert_eq!(c.task(deep).map(|t| t.state), Some(TaskState::Succeeded));
+    // The slot goes to the L0 compaction.
+    let d = c.tick(T0 + 60);
+    assert_eq!(d.iter().map(|d| d.task_id).collect::<Vec<_>>(), vec![l0]);
+}
+
+#[test]
+fn urgent_work_is_never_preempted_and_a_free_slot_needs_no_preemption() {
+    let (mut c, _, _) = traffic_setup(crate::traffic::TrafficPolicy::default(), 0);
+    c.cfg.max_running.insert(TaskKind::Compaction, 2);
+    let m = c.manifest("t").expect("t").levels.clone();
+    c.submit(compaction(vec![(0, m.levels[0].clone())], 0), 80, T0)
+        .expect("l0 into l0");
+    c.tick(T0);
+    let stalling = BTreeSet::from(["t".to_owned()]);
+    c.submit(compaction(vec![(1, m.levels[1].clone())], 1), 80, T0)
+        .expect("l1 rewrite");
+    // A slot is free: nothing to preempt (and nothing urgent waits anyway).
+    assert!(c.preempt_for_stalls(&stalling).is_empty());
+    c.cfg.max_running.insert(TaskKind::Compaction, 1);
+    let waiting = c
+        .submit(compaction(vec![(2, m.levels[2].clone())], 3), 70, T0)
+        .expect("deep waits");
+    let _ = waiting;
+    // Only the urgent L0 compaction runs: it is never preempted.
+    assert!(c.preempt_for_stalls(&stalling).is_empty());
 }
