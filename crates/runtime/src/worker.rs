@@ -28,6 +28,13 @@ pub trait HeartbeatSource: Send + Sync + 'static {
     }
     /// The scheduler's reply (cancellations, committed flushes).
     fn on_reply(&self, reply: &HeartbeatResponse);
+    /// The scheduler's reply to a heartbeat that reported `sent` as running. An attempt
+    /// in `sent` that the reply does not cancel is one the scheduler knows as the current
+    /// attempt of a running task on this worker.
+    fn on_reply_to(&self, sent: &[TaskProgress], reply: &HeartbeatResponse) {
+        let _ = sent;
+        self.on_reply(reply);
+    }
     /// The worker id changed (after a (re)registration).
     fn on_registered(&self, worker_id: u64) {
         let _ = worker_id;
@@ -92,16 +99,21 @@ pub async fn run_heartbeats(
                 }
             }
         };
+        let running = source.running();
         let req = HeartbeatRequest {
             worker_id: id,
-            running: source.running(),
+            running: running.clone(),
             tables: source.tables(),
         };
         match client.heartbeat(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 readiness.set(true);
-                source.on_reply(&resp);
+                if resp.reregister {
+                    source.on_reply(&resp);
+                } else {
+                    source.on_reply_to(&running, &resp);
+                }
                 if resp.reregister {
                     tracing::info!("scheduler does not know this worker; registering again");
                     worker_id = None;
@@ -135,7 +147,15 @@ pub struct RunningAttempts {
 #[derive(Default)]
 struct RunningInner {
     worker_id: u64,
-    attempts: std::collections::BTreeMap<(u64, u32), (TaskProgress, CancellationToken)>,
+    attempts: std::collections::BTreeMap<(u64, u32), Running>,
+}
+
+struct Running {
+    progress: TaskProgress,
+    cancel: CancellationToken,
+    /// Fired (cancelled) once the scheduler has confirmed the attempt: see
+    /// [`AttemptGuard::confirmed`].
+    confirmed: CancellationToken,
 }
 
 /// A slot held by one attempt; reports progress and releases the slot when dropped.
@@ -144,6 +164,7 @@ pub struct AttemptGuard {
     key: (u64, u32),
     /// Cancelled when the scheduler cancels the attempt or the worker shuts down.
     pub cancel: CancellationToken,
+    confirmed: CancellationToken,
 }
 
 impl AttemptGuard {
@@ -154,8 +175,21 @@ impl AttemptGuard {
 
     /// Updates the progress the next heartbeat reports.
     pub fn progress(&self, update: impl FnOnce(&mut TaskProgress)) {
-        if let Some((p, _)) = self.owner.lock().attempts.get_mut(&self.key) {
-            update(p);
+        if let Some(r) = self.owner.lock().attempts.get_mut(&self.key) {
+            update(&mut r.progress);
+        }
+    }
+
+    /// Waits until the scheduler has confirmed this attempt — a heartbeat reported it
+    /// running and the reply did not cancel it, so it is the current attempt of a live
+    /// task the scheduler dispatched to this worker — and returns true; false if the
+    /// attempt is cancelled first. Destructive work (Cleanup's deletes) waits for it, so a
+    /// forged or stale dispatch (an unknown task id, an old attempt) deletes nothing.
+    pub async fn confirmed(&self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = self.confirmed.cancelled() => !self.cancel.is_cancelled(),
         }
     }
 }
@@ -199,21 +233,24 @@ impl RunningAttempts {
             )));
         }
         let cancel = parent.child_token();
+        let confirmed = CancellationToken::new();
         inner.attempts.insert(
             (task_id, attempt),
-            (
-                TaskProgress {
+            Running {
+                progress: TaskProgress {
                     task_id,
                     attempt,
                     ..Default::default()
                 },
-                cancel.clone(),
-            ),
+                cancel: cancel.clone(),
+                confirmed: confirmed.clone(),
+            },
         );
         Ok(AttemptGuard {
             owner: self.clone(),
             key: (task_id, attempt),
             cancel,
+            confirmed,
         })
     }
 
@@ -229,19 +266,35 @@ impl RunningAttempts {
 
 impl HeartbeatSource for RunningAttempts {
     fn running(&self) -> Vec<TaskProgress> {
-        self.lock().attempts.values().map(|(p, _)| *p).collect()
+        self.lock().attempts.values().map(|r| r.progress).collect()
     }
 
     fn on_reply(&self, reply: &HeartbeatResponse) {
         let inner = self.lock();
         for c in &reply.cancel {
-            if let Some((_, token)) = inner.attempts.get(&(c.task_id, c.attempt)) {
+            if let Some(r) = inner.attempts.get(&(c.task_id, c.attempt)) {
                 tracing::info!(
                     task_id = c.task_id,
                     attempt = c.attempt,
                     "scheduler cancelled the attempt"
                 );
-                token.cancel();
+                r.cancel.cancel();
+            }
+        }
+    }
+
+    fn on_reply_to(&self, sent: &[TaskProgress], reply: &HeartbeatResponse) {
+        self.on_reply(reply);
+        let inner = self.lock();
+        for p in sent {
+            let cancelled = reply
+                .cancel
+                .iter()
+                .any(|c| (c.task_id, c.attempt) == (p.task_id, p.attempt));
+            if let Some(r) = inner.attempts.get(&(p.task_id, p.attempt))
+                && !cancelled
+            {
+                r.confirmed.cancel();
             }
         }
     }
@@ -357,8 +410,24 @@ pub struct InvalidRequest {
 
 impl From<InvalidRequest> for tonic::Status {
     fn from(e: InvalidRequest) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        tonic::Status::invalid_argument(bounded_message(e.to_string()))
     }
+}
+
+/// A status message of at most 1 KiB: reasons may quote the request, and a message that
+/// echoes a huge input would exceed the client's header limit (gRPC sends it as a header),
+/// turning a clear INVALID_ARGUMENT into an HTTP/2 protocol error.
+pub fn bounded_message(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut cut = MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
 }
 
 /// An [`InvalidRequest`] for `field`.
