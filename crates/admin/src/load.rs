@@ -35,14 +35,46 @@ struct Oracle {
     last_sync: Instant,
 }
 
+/// A load killed mid-line leaves a partial last line (a write whose record was torn, so
+/// its outcome is unknown to the oracle): cut it off so that appended lines stay whole.
+fn drop_partial_line(file: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut f = file;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end != len {
+        file.set_len(end)?;
+    }
+    Ok(())
+}
+
 impl Oracle {
     const WRITE_EVERY: Duration = Duration::from_millis(100);
     const SYNC_EVERY: Duration = Duration::from_secs(1);
     const WRITE_BYTES: usize = 256 * 1024;
 
     fn create(path: &Path) -> Result<Self, Failure> {
-        let file = File::create(path)
-            .map_err(|e| Failure(1, format!("--oracle {}: {e}", path.display())))?;
+        // Appended to: several loads (or a load restarted after a crash) build one record.
+        let fail = |e: std::io::Error| Failure(1, format!("--oracle {}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(fail)?;
+        drop_partial_line(&file).map_err(fail)?;
         let now = Instant::now();
         Ok(Self {
             file,
@@ -360,6 +392,26 @@ fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oracle_is_appended_to_after_its_torn_last_line_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        for (before, after) in [
+            ("", ""),
+            ("{\"a\":1}\n", "{\"a\":1}\n"),
+            ("{\"a\":1}\n{\"b\":", "{\"a\":1}\n"),
+            ("{\"b\":", ""),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            drop(Oracle::create(&path).map_err(|f| f.1).unwrap());
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "{before:?}");
+        }
+        let long = format!("{}\n{}", "x".repeat(100_000), "y".repeat(70_000));
+        std::fs::write(&path, &long).unwrap();
+        drop(Oracle::create(&path).map_err(|f| f.1).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().len(), 100_001);
+    }
 
     #[test]
     fn quantiles_pick_the_nearest_rank() {

@@ -376,7 +376,7 @@ Examples:
         /// Seed of the keys and values (same seed, same writes).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// File to record acknowledged writes in (JSON lines; replaced if it exists).
+        /// File to record acknowledged writes in (JSON lines; appended to if it exists).
         #[arg(long)]
         oracle: Option<PathBuf>,
     },

@@ -110,6 +110,16 @@ impl Compactor for CompactorApi {
         let span = tracing::info_span!("cleanup", task_id = d.task_id, attempt = d.attempt, table = %spec.table, ssts = spec.sst_paths.len(), wal = spec.wal_paths.len(), dry_run = spec.dry_run);
         tokio::spawn(
             async move {
+                // Deletes are the one thing a forged or stale dispatch could do harm with:
+                // wait until the scheduler confirms the attempt (its next heartbeat reply).
+                if !spec.dry_run && !guard.confirmed().await {
+                    // Cancelled (by the scheduler, which does not know it, or by shutdown):
+                    // nothing to report.
+                    tracing::warn!(
+                        "cleanup attempt cancelled before the scheduler confirmed it: nothing deleted"
+                    );
+                    return;
+                }
                 let outcome = match cleanup::run_cleanup(&ctx.storage, &spec, &guard.cancel).await {
                     Ok(r) => {
                         tracing::info!(

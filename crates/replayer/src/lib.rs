@@ -224,7 +224,15 @@ async fn replay_table(
             PassOutcome::NothingNew | PassOutcome::Stalled => poll,
             PassOutcome::Storage(e) => {
                 tracing::warn!(parent: &span, error = %e, "reading the wal failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Back off on failures in a row, not on a pass that failed after making
+                // progress: with a storage that fails now and then, a long WAL is read a
+                // stretch per pass, and waiting seconds between stretches would let the
+                // replay fall ever further behind.
+                backoff = if stats.entries > 0 {
+                    poll
+                } else {
+                    (backoff * 2).min(Duration::from_secs(5))
+                };
                 backoff
             }
             PassOutcome::Damaged(err) => {

@@ -428,6 +428,8 @@ pub struct StorageConfig {
     pub url: String,
     /// Options for `s3://` URLs.
     pub s3: S3Config,
+    /// Fault injection, for resilience tests only: every rate 0 (the default) = off.
+    pub faults: FaultsConfig,
 }
 
 impl Default for StorageConfig {
@@ -435,6 +437,44 @@ impl Default for StorageConfig {
         Self {
             url: "file://./data/storage".to_owned(),
             s3: S3Config::default(),
+            faults: FaultsConfig::default(),
+        }
+    }
+}
+
+/// `storage.faults`: a seeded fraction of storage operations fail or slow down the way an
+/// object store's do (503, timeout, connection reset after a write was applied, slow
+/// answer). For resilience tests; never set it in production.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Seed of the fault decisions.
+    pub seed: u64,
+    /// Probability of a 503 before the operation.
+    pub error_rate: f64,
+    /// Probability of a timeout (after `delay`, nothing applied).
+    pub timeout_rate: f64,
+    /// Probability of a connection reset (writes: after being applied).
+    pub reset_rate: f64,
+    /// Probability of a slow but successful answer (after `delay`).
+    pub slow_rate: f64,
+    /// Delay of timeouts and slow answers; default 200ms.
+    pub delay: Option<Duration>,
+}
+
+impl FaultsConfig {
+    /// The storage crate's form.
+    pub fn to_storage(&self) -> storage::FaultConfig {
+        storage::FaultConfig {
+            seed: self.seed,
+            error_rate: self.error_rate,
+            timeout_rate: self.timeout_rate,
+            reset_rate: self.reset_rate,
+            slow_rate: self.slow_rate,
+            delay: self
+                .delay
+                .map(Duration::get)
+                .unwrap_or(storage::FaultConfig::default().delay),
         }
     }
 }
@@ -855,6 +895,11 @@ impl Config {
             }
         };
         positive("processor.worker_count", self.processor.worker_count.into())?;
+        self.storage
+            .faults
+            .to_storage()
+            .validate()
+            .map_err(|e| invalid("storage.faults", e))?;
         positive("processor.queue_size", self.processor.queue_size.into())?;
         positive("wal_replay.batch_size", self.wal_replay.batch_size.into())?;
         positive(

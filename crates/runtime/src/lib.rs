@@ -340,8 +340,9 @@ pub fn open_storage(config: &Config) -> anyhow::Result<storage::Storage> {
         ..Default::default()
     };
     let url = absolute_storage_url(&config.storage.url);
-    storage::Storage::from_url(&url, &options)
-        .map_err(|e| anyhow::anyhow!("storage.url {:?}: {e}", config.storage.url))
+    let storage = storage::Storage::from_url(&url, &options)
+        .map_err(|e| anyhow::anyhow!("storage.url {:?}: {e}", config.storage.url))?;
+    Ok(storage.with_faults(config.storage.faults.to_storage()))
 }
 
 /// `storage.url` with a relative `file://` path (the default `file://./data/storage`) made

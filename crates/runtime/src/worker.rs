@@ -28,6 +28,13 @@ pub trait HeartbeatSource: Send + Sync + 'static {
     }
     /// The scheduler's reply (cancellations, committed flushes).
     fn on_reply(&self, reply: &HeartbeatResponse);
+    /// The scheduler's reply to a heartbeat that reported `sent` as running. An attempt
+    /// in `sent` that the reply does not cancel is one the scheduler knows as the current
+    /// attempt of a running task on this worker.
+    fn on_reply_to(&self, sent: &[TaskProgress], reply: &HeartbeatResponse) {
+        let _ = sent;
+        self.on_reply(reply);
+    }
     /// The worker id changed (after a (re)registration).
     fn on_registered(&self, worker_id: u64) {
         let _ = worker_id;
@@ -92,16 +99,21 @@ pub async fn run_heartbeats(
                 }
             }
         };
+        let running = source.running();
         let req = HeartbeatRequest {
             worker_id: id,
-            running: source.running(),
+            running: running.clone(),
             tables: source.tables(),
         };
         match client.heartbeat(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 readiness.set(true);
-                source.on_reply(&resp);
+                if resp.reregister {
+                    source.on_reply(&resp);
+                } else {
+                    source.on_reply_to(&running, &resp);
+                }
                 if resp.reregister {
                     tracing::info!("scheduler does not know this worker; registering again");
                     worker_id = None;
@@ -140,6 +152,9 @@ struct RunningInner {
     limiters: std::collections::BTreeMap<(u64, u32), Arc<crate::throttle::RateLimiter>>,
     /// Cancelled when the scheduler preempts the attempt (see [`AttemptGuard::preempt`]).
     preempts: std::collections::BTreeMap<(u64, u32), CancellationToken>,
+    /// Cancelled (fired) once the scheduler has confirmed the attempt (see
+    /// [`AttemptGuard::confirmed`]).
+    confirmations: std::collections::BTreeMap<(u64, u32), CancellationToken>,
 }
 
 /// A slot held by one attempt; reports progress and releases the slot when dropped.
@@ -151,6 +166,7 @@ pub struct AttemptGuard {
     /// Cancelled when the scheduler asks the attempt to stop early and report what it has
     /// finished (a compaction preempted for urgent work).
     pub preempt: CancellationToken,
+    confirmed: CancellationToken,
 }
 
 impl AttemptGuard {
@@ -171,6 +187,19 @@ impl AttemptGuard {
             update(p);
         }
     }
+
+    /// Waits until the scheduler has confirmed this attempt — a heartbeat reported it
+    /// running and the reply did not cancel it, so it is the current attempt of a live
+    /// task the scheduler dispatched to this worker — and returns true; false if the
+    /// attempt is cancelled first. Destructive work (Cleanup's deletes) waits for it, so a
+    /// forged or stale dispatch (an unknown task id, an old attempt) deletes nothing.
+    pub async fn confirmed(&self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = self.confirmed.cancelled() => !self.cancel.is_cancelled(),
+        }
+    }
 }
 
 impl Drop for AttemptGuard {
@@ -179,6 +208,7 @@ impl Drop for AttemptGuard {
         inner.attempts.remove(&self.key);
         inner.limiters.remove(&self.key);
         inner.preempts.remove(&self.key);
+        inner.confirmations.remove(&self.key);
     }
 }
 
@@ -228,11 +258,16 @@ impl RunningAttempts {
         );
         let preempt = CancellationToken::new();
         inner.preempts.insert((task_id, attempt), preempt.clone());
+        let confirmed = CancellationToken::new();
+        inner
+            .confirmations
+            .insert((task_id, attempt), confirmed.clone());
         Ok(AttemptGuard {
             owner: self.clone(),
             key: (task_id, attempt),
             cancel,
             preempt,
+            confirmed,
         })
     }
 
@@ -285,6 +320,23 @@ impl HeartbeatSource for RunningAttempts {
                     "new IO budget share"
                 );
                 l.set_bytes_per_sec(b.io_bytes_per_sec);
+            }
+        }
+    }
+
+    fn on_reply_to(&self, sent: &[TaskProgress], reply: &HeartbeatResponse) {
+        self.on_reply(reply);
+        let inner = self.lock();
+        for p in sent {
+            let key = (p.task_id, p.attempt);
+            let cancelled = reply
+                .cancel
+                .iter()
+                .any(|c| (c.task_id, c.attempt) == key);
+            if let Some(token) = inner.confirmations.get(&key)
+                && !cancelled
+            {
+                token.cancel();
             }
         }
     }
@@ -400,8 +452,24 @@ pub struct InvalidRequest {
 
 impl From<InvalidRequest> for tonic::Status {
     fn from(e: InvalidRequest) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        tonic::Status::invalid_argument(bounded_message(e.to_string()))
     }
+}
+
+/// A status message of at most 1 KiB: reasons may quote the request, and a message that
+/// echoes a huge input would exceed the client's header limit (gRPC sends it as a header),
+/// turning a clear INVALID_ARGUMENT into an HTTP/2 protocol error.
+pub fn bounded_message(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut cut = MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
 }
 
 /// An [`InvalidRequest`] for `field`.

@@ -904,7 +904,9 @@ impl Core {
         if let Some(limit) = self.cfg.max_running.get(&kind) {
             let running = self
                 .live_tasks()
-                .filter(|x| x.state == TaskState::Running && x.kind() == kind)
+                .filter(|x| {
+                    x.state == TaskState::Running && x.kind() == kind && x.staged_files.is_none()
+                })
                 .count();
             if running >= *limit {
                 return format!("cluster limit: {running}/{limit} {} running", kind.label());
@@ -1485,19 +1487,33 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
+        // A staged flush has finished its work and only waits for an earlier flush to
+        // commit: counting it would let staged flushes fill `max_concurrent_flushes`
+        // while the earlier flush they wait for (retried after a failure) can never be
+        // dispatched — a deadlock the storage-fault test found.
+        for t in self
+            .live_tasks()
+            .filter(|t| t.state == TaskState::Running && t.staged_files.is_none())
+        {
             *running.entry(t.kind()).or_default() += 1;
         }
         let deferred = self.deferral(now_ms).is_some();
         let mut out = Vec::new();
         for (_, id) in ready {
-            let Some((kind, avoid, urgent)) = self.tasks.get(&id).map(|t| {
-                (
-                    t.kind(),
-                    t.attempts.last().map(|a| a.worker_id),
-                    crate::traffic::is_urgent(&t.spec),
-                )
-            }) else {
+            // Still pending: a replay dispatched earlier in this round cancels the stale
+            // flushes of its table, some of which may be further down this list.
+            let Some((kind, avoid, urgent)) = self
+                .tasks
+                .get(&id)
+                .filter(|t| t.state == TaskState::Pending)
+                .map(|t| {
+                    (
+                        t.kind(),
+                        t.attempts.last().map(|a| a.worker_id),
+                        crate::traffic::is_urgent(&t.spec),
+                    )
+                })
+            else {
                 continue;
             };
             if deferred && !urgent {
@@ -1608,9 +1624,10 @@ impl Core {
                 if self
                     .tasks
                     .get(&id)
-                    .is_some_and(|t| t.state == TaskState::Running)
+                    .is_some_and(|t| t.state == TaskState::Running && t.staged_files.is_none())
                 {
-                    *running.entry(TaskKind::MemtableFlush).or_default() -= 1;
+                    let n = running.entry(TaskKind::MemtableFlush).or_default();
+                    *n = n.saturating_sub(1);
                 }
                 let _ = self.cancel(id, now_ms);
             }

@@ -63,6 +63,24 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     let state = Arc::new(SchedulerState::open(&ctx)?);
     ctx.http_routes.set(page::router(state.clone()));
     let dispatcher = tokio::spawn(service::dispatch_loop(state.clone(), ctx.shutdown.clone()));
+    // Serve until shutdown — or until the dispatch loop dies (a bug that panicked in it):
+    // a scheduler that answers RPCs but never dispatches again would stall the whole
+    // cluster silently; exiting with an error lets the supervisor restart it.
+    let stop = ctx.shutdown.child_token();
+    let dispatcher_abort = dispatcher.abort_handle();
+    let watch = {
+        let stop = stop.clone();
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                ended = dispatcher => {
+                    stop.cancel();
+                    Some(ended)
+                }
+                _ = shutdown.cancelled() => None,
+            }
+        })
+    };
     tokio::spawn(cleanup::cleanup_loop(state.clone(), ctx.shutdown.clone()));
     let (health, router) = runtime::grpc::router(&ctx.config.server)?;
     health
@@ -71,7 +89,7 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     health.set_serving::<AdminServer<service::AdminApi>>().await;
     ctx.readiness.set(true);
     tracing::info!(address = %ctx.advertised_address, "scheduler serving");
-    let shutdown = ctx.shutdown.clone();
+    let shutdown = stop.clone();
     let served = router
         .add_service(SchedulerServer::new(service::SchedulerApi(state.clone())))
         .add_service(AdminServer::new(service::AdminApi(state.clone())))
@@ -80,11 +98,19 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
             shutdown.cancelled_owned(),
         )
         .await;
-    dispatcher.abort();
-    let _ = dispatcher.await;
+    dispatcher_abort.abort();
+    let dispatch_failure = match watch.await {
+        Ok(Some(Err(e))) if e.is_panic() => Some(format!("the dispatch loop panicked: {e}")),
+        Ok(Some(_)) => Some("the dispatch loop stopped unexpectedly".to_owned()),
+        _ => None,
+    };
     // Close the catalog now, whoever still holds the state (the HTTP routes, a cleanup
     // pass): RocksDB must not be open when the process exits.
     state.close();
     served?;
+    if let Some(failure) = dispatch_failure {
+        tracing::error!("{failure}; exiting so that the scheduler is restarted");
+        anyhow::bail!(failure);
+    }
     Ok(())
 }

@@ -18,11 +18,11 @@ pub enum StorageError {
     InvalidOption { key: String, reason: String },
 
     /// A table name outside `[A-Za-z0-9_-]{1,128}`.
-    #[error("invalid table name {name:?}: {reason}")]
+    #[error("invalid table name {}: {reason}", shown(name))]
     InvalidTableName { name: String, reason: String },
 
     /// An object path that the layout or the backend rejects.
-    #[error("invalid object path {path:?}: {reason}")]
+    #[error("invalid object path {}: {reason}", shown(path))]
     InvalidPath { path: String, reason: String },
 
     /// The object does not exist.
@@ -127,5 +127,15 @@ impl From<StorageError> for std::io::Error {
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, err)
+    }
+}
+
+/// `s` quoted for an error message; a hostile input of any size is cut to its first 64
+/// characters (messages travel back in gRPC headers, which have a size limit).
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
     }
 }

@@ -24,12 +24,14 @@
 
 mod blocking;
 mod error;
+pub mod faults;
 mod local;
 pub mod paths;
 mod store;
 
 pub use blocking::{BlockingReader, BlockingReaderConfig, BlockingWriter};
 pub use error::StorageError;
+pub use faults::{FaultConfig, FaultCounts};
 pub use object_store::ObjectMeta;
 pub use object_store::path::Path as ObjectPath;
 pub use paths::TableName;

@@ -23,6 +23,7 @@ use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, Wri
 
 use crate::StorageError;
 use crate::blocking::{BlockingReader, BlockingReaderConfig};
+use crate::faults::{Fault, FaultConfig, FaultCounts, FaultInjector};
 use crate::local::{self, PutKind};
 
 /// Options for `s3://` URLs. Unset fields fall back to the standard `AWS_*` environment
@@ -87,6 +88,8 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     backend: Backend,
     url: Arc<str>,
+    /// Injected faults (resilience tests only; see [`crate::faults`]).
+    faults: Option<Arc<FaultInjector>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -159,6 +162,7 @@ impl Storage {
             store: fs.clone(),
             backend: Backend::Local { root, fs },
             url: url.into(),
+            faults: None,
         })
     }
 
@@ -168,6 +172,7 @@ impl Storage {
             store: Arc::new(InMemory::new()),
             backend: Backend::Memory,
             url: "memory://".into(),
+            faults: None,
         }
     }
 
@@ -179,6 +184,7 @@ impl Storage {
             store,
             backend: Backend::Custom,
             url: url.into(),
+            faults: None,
         }
     }
 
@@ -235,7 +241,46 @@ impl Storage {
             store,
             backend: Backend::S3,
             url: url.into(),
+            faults: None,
         })
+    }
+
+    /// This storage with faults injected into a seeded fraction of its operations (see
+    /// [`crate::faults`]); an inactive config leaves it as it is.
+    pub fn with_faults(mut self, config: FaultConfig) -> Self {
+        if config.is_active() {
+            tracing::warn!(?config, url = %self.url, "storage fault injection is on");
+            self.faults = Some(FaultInjector::new(config));
+        }
+        self
+    }
+
+    /// Faults injected so far (all zero without fault injection).
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.faults.as_ref().map(|f| f.counts()).unwrap_or_default()
+    }
+
+    /// Draws this operation's fault and acts out what comes before the operation.
+    async fn fault(
+        &self,
+        op: &'static str,
+        path: &Path,
+        is_write: bool,
+    ) -> Result<Fault, StorageError> {
+        let Some(faults) = &self.faults else {
+            return Ok(Fault::None);
+        };
+        let fault = faults.draw();
+        faults.before(fault, op, path.as_ref(), is_write).await?;
+        Ok(fault)
+    }
+
+    /// After an applied write: a drawn reset turns its success into an error.
+    fn after_write(&self, fault: Fault, op: &'static str, path: &Path) -> Result<(), StorageError> {
+        match &self.faults {
+            Some(faults) => faults.after_write(fault, op, path.as_ref()),
+            None => Ok(()),
+        }
     }
 
     /// The URL this storage was opened with.
@@ -270,6 +315,17 @@ impl Storage {
     }
 
     async fn put_with(&self, path: &Path, bytes: Bytes, kind: PutKind) -> Result<(), StorageError> {
+        let fault = self.fault("put", path, true).await?;
+        self.put_unfaulted(path, bytes, kind).await?;
+        self.after_write(fault, "put", path)
+    }
+
+    async fn put_unfaulted(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        kind: PutKind,
+    ) -> Result<(), StorageError> {
         match &self.backend {
             Backend::Local { fs, .. } => {
                 let dest = local::file_path(fs, path)?;
@@ -300,6 +356,7 @@ impl Storage {
 
     /// Reads a whole object.
     pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        self.fault("get", path, false).await?;
         let map = |e| StorageError::from_store("get", path.as_ref(), e);
         self.store
             .get(path)
@@ -316,6 +373,7 @@ impl Storage {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
+        self.fault("get range", path, false).await?;
         let result = self.store.get_range(path, range.clone()).await;
         let out_of_range = |size| StorageError::OutOfRange {
             path: path.to_string(),
@@ -339,6 +397,7 @@ impl Storage {
         &self,
         path: &Path,
     ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+        self.fault("get", path, false).await?;
         let result = self
             .store
             .get(path)
@@ -353,6 +412,7 @@ impl Storage {
 
     /// Metadata of an object (size, last modified).
     pub async fn head(&self, path: &Path) -> Result<ObjectMeta, StorageError> {
+        self.fault("head", path, false).await?;
         self.store
             .head(path)
             .await
@@ -366,6 +426,7 @@ impl Storage {
 
     /// Every object under `prefix` (whole path segments; recursive), sorted by path.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.fault("list", prefix, false).await?;
         let mut objects: Vec<ObjectMeta> = self
             .store
             .list(Some(prefix))
@@ -378,11 +439,13 @@ impl Storage {
 
     /// Deletes an object. Deleting a missing object succeeds, so cleanup can be retried.
     pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        let fault = self.fault("delete", path, true).await?;
         match self.store.delete(path).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::from_store("delete", path.as_ref(), e)),
-        }
+        }?;
+        self.after_write(fault, "delete", path)
     }
 
     /// Starts a streaming (multipart) write of a large object, e.g. an SST. Nothing is
@@ -390,6 +453,7 @@ impl Storage {
     /// finishing abandons the upload (a local staging file is removed; on S3 an incomplete
     /// multipart upload remains until the bucket's lifecycle rule expires it).
     pub async fn writer(&self, path: &Path) -> Result<ObjectWriter, StorageError> {
+        self.fault("start multipart upload", path, false).await?;
         let local_file = match &self.backend {
             Backend::Local { fs, .. } => {
                 let file = local::file_path(fs, path)?;
@@ -415,6 +479,7 @@ impl Storage {
             path: path.clone(),
             local_file,
             written: 0,
+            storage: self.clone(),
         })
     }
 
@@ -485,6 +550,8 @@ pub struct ObjectWriter {
     /// The destination file of a local storage, fsynced on finish.
     local_file: Option<PathBuf>,
     written: u64,
+    /// The storage it writes to (for its injected faults).
+    storage: Storage,
 }
 
 impl std::fmt::Debug for ObjectWriter {
@@ -543,7 +610,19 @@ impl ObjectWriter {
             path,
             local_file,
             written,
+            storage,
         } = self;
+        const OP: &str = "complete multipart upload";
+        let fault = match storage.fault(OP, &path, true).await {
+            Ok(fault) => fault,
+            Err(e) => {
+                // As a failed completion: nothing becomes visible.
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(%path, error = %abort, "aborting the upload failed");
+                }
+                return Err(e);
+            }
+        };
         upload
             .finish()
             .await
@@ -553,6 +632,7 @@ impl ObjectWriter {
                 .await
                 .map_err(|e| join_error("fsync", &path, e))??;
         }
+        storage.after_write(fault, OP, &path)?;
         Ok(written)
     }
 
