@@ -44,24 +44,24 @@ impl tonic::service::Interceptor for BearerToken {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SecurityArgs {
     /// PEM CA bundle that verifies the services' certificates (turns on TLS).
-    #[arg(long, global = true, env = "DP__SERVER__TLS__CA")]
-    pub ca: Option<String>,
+    #[arg(long = "ca", global = true, env = "DP__SERVER__TLS__CA")]
+    pub tls_ca: Option<String>,
     /// PEM client certificate, for services that require mutual TLS.
-    #[arg(long, global = true, env = "DP__SERVER__TLS__CERT")]
-    pub cert: Option<String>,
+    #[arg(long = "cert", global = true, env = "DP__SERVER__TLS__CERT")]
+    pub tls_cert: Option<String>,
     /// PEM private key of --cert.
-    #[arg(long, global = true, env = "DP__SERVER__TLS__KEY")]
-    pub key: Option<String>,
+    #[arg(long = "key", global = true, env = "DP__SERVER__TLS__KEY")]
+    pub tls_key: Option<String>,
     /// Verify the services' certificates against this name instead of the host dialed
     /// (services advertise pod IPs).
-    #[arg(long, global = true, env = "DP__SERVER__TLS__SERVER_NAME")]
-    pub server_name: Option<String>,
+    #[arg(long = "server-name", global = true, env = "DP__SERVER__TLS__SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// Admin API bearer token.
-    #[arg(long, global = true, env = "DP_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long = "token", global = true, env = "DP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// File holding the admin API bearer token (first line).
-    #[arg(long, global = true, env = "DP_ADMIN_TOKEN_FILE")]
-    pub token_file: Option<String>,
+    #[arg(long = "token-file", global = true, env = "DP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<String>,
 }
 
 struct Security {
@@ -74,10 +74,10 @@ static SECURITY: OnceLock<Security> = OnceLock::new();
 /// Reads the certificates and the token once; exit code 2 on a bad flag.
 pub fn init(args: &SecurityArgs) -> Result<(), Failure> {
     let files = runtime::tls::ClientFiles {
-        ca: args.ca.clone().unwrap_or_default(),
-        cert: args.cert.clone().unwrap_or_default(),
-        key: args.key.clone().unwrap_or_default(),
-        server_name: args.server_name.clone().unwrap_or_default(),
+        ca: args.tls_ca.clone().unwrap_or_default(),
+        cert: args.tls_cert.clone().unwrap_or_default(),
+        key: args.tls_key.clone().unwrap_or_default(),
+        server_name: args.tls_server_name.clone().unwrap_or_default(),
     };
     let tls = if files.enabled() {
         Some(
@@ -87,7 +87,7 @@ pub fn init(args: &SecurityArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let token = match (&args.token, &args.token_file) {
+    let token = match (&args.admin_token, &args.admin_token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)

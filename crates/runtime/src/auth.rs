@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::FutureExt;
 use futures::future::{Either, Ready, ready};
 use tonic::Status;
 
@@ -193,6 +194,34 @@ impl AuthPolicy {
     }
 }
 
+type Answer = Result<http::Response<tonic::body::Body>, Infallible>;
+
+/// tonic refuses a request message over `max_decoding_message_size` with OUT_OF_RANGE;
+/// the contract is RESOURCE_EXHAUSTED naming the limit (`server.max_message_size`).
+fn oversize_is_resource_exhausted(answer: Answer) -> Answer {
+    let Ok(mut response) = answer;
+    let headers = response.headers_mut();
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if oversize {
+        let message = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        if let Ok(v) = http::HeaderValue::from_str(&format!(
+            "request message over server.max_message_size:%20{message}"
+        )) {
+            headers.insert("grpc-message", v);
+        }
+    }
+    Ok(response)
+}
+
 /// The tower layer that applies an [`AuthPolicy`] to every request of a server.
 #[derive(Debug, Clone)]
 pub struct AuthLayer(pub Arc<AuthPolicy>);
@@ -224,7 +253,10 @@ where
 {
     type Response = S::Response;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<S::Response, Infallible>>>;
+    type Future = Either<
+        futures::future::Map<S::Future, fn(Answer) -> Answer>,
+        Ready<Result<S::Response, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -237,7 +269,10 @@ where
             .and_then(|v| v.to_str().ok());
         let peer = req.extensions().get::<PeerInfo>();
         match self.policy.check(req.uri().path(), authorization, peer) {
-            Ok(()) => Either::Left(self.inner.call(req)),
+            Ok(()) => Either::Left(self
+                .inner
+                .call(req)
+                .map(oversize_is_resource_exhausted as fn(Answer) -> Answer)),
             Err(status) => {
                 tracing::info!(path = req.uri().path(), code = ?status.code(), "call refused: {}", status.message());
                 Either::Right(ready(Ok(status.into_http())))
@@ -317,6 +352,23 @@ mod tests {
             .check(drop, Some("Bearer secret-guess"), Some(&remote))
             .expect_err("refused");
         assert!(!err.message().contains("secret-guess"));
+    }
+
+    #[test]
+    fn an_oversize_message_is_resource_exhausted_naming_the_limit() {
+        let status = Status::out_of_range(
+            "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        );
+        let Ok(r) = oversize_is_resource_exhausted(Ok(status.into_http()));
+        let back = Status::from_header_map(r.headers()).expect("a status");
+        assert_eq!(back.code(), tonic::Code::ResourceExhausted);
+        assert!(back.message().contains("server.max_message_size"), "{}", back.message());
+        let other = Status::out_of_range("something else");
+        let Ok(r) = oversize_is_resource_exhausted(Ok(other.into_http()));
+        assert_eq!(
+            Status::from_header_map(r.headers()).map(|s| s.code()),
+            Some(tonic::Code::OutOfRange)
+        );
     }
 
     #[test]
