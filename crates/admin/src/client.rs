@@ -54,10 +54,19 @@ pub struct SecurityArgs {
     pub tls_key: Option<String>,
     /// Verify the services' certificates against this name instead of the host dialed
     /// (services advertise pod IPs).
-    #[arg(long = "server-name", global = true, env = "DP__SERVER__TLS__SERVER_NAME")]
+    #[arg(
+        long = "server-name",
+        global = true,
+        env = "DP__SERVER__TLS__SERVER_NAME"
+    )]
     pub tls_server_name: Option<String>,
     /// Admin API bearer token.
-    #[arg(long = "token", global = true, env = "DP_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "token",
+        global = true,
+        env = "DP_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// File holding the admin API bearer token (first line).
     #[arg(long = "token-file", global = true, env = "DP_ADMIN_TOKEN_FILE")]

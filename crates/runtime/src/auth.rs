@@ -269,10 +269,11 @@ where
             .and_then(|v| v.to_str().ok());
         let peer = req.extensions().get::<PeerInfo>();
         match self.policy.check(req.uri().path(), authorization, peer) {
-            Ok(()) => Either::Left(self
-                .inner
-                .call(req)
-                .map(oversize_is_resource_exhausted as fn(Answer) -> Answer)),
+            Ok(()) => Either::Left(
+                self.inner
+                    .call(req)
+                    .map(oversize_is_resource_exhausted as fn(Answer) -> Answer),
+            ),
             Err(status) => {
                 tracing::info!(path = req.uri().path(), code = ?status.code(), "call refused: {}", status.message());
                 Either::Right(ready(Ok(status.into_http())))
@@ -362,7 +363,11 @@ mod tests {
         let Ok(r) = oversize_is_resource_exhausted(Ok(status.into_http()));
         let back = Status::from_header_map(r.headers()).expect("a status");
         assert_eq!(back.code(), tonic::Code::ResourceExhausted);
-        assert!(back.message().contains("server.max_message_size"), "{}", back.message());
+        assert!(
+            back.message().contains("server.max_message_size"),
+            "{}",
+            back.message()
+        );
         let other = Status::out_of_range("something else");
         let Ok(r) = oversize_is_resource_exhausted(Ok(other.into_http()));
         assert_eq!(

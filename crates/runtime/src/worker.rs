@@ -339,10 +339,7 @@ where
     health.set_serving::<S>().await;
     router
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            incoming,
-            ctx.shutdown.clone().cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned())
         .await?;
     heartbeats.abort();
     Ok(())
