@@ -490,6 +490,57 @@ fn every_role_against_every_admin_rpc() {
     drop(proc);
 }
 
+/// This machine's first non-loopback IPv4 address (None when it has none).
+fn non_loopback_ipv4() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_owned)
+}
+
+#[test]
+fn without_tokens_the_admin_api_answers_loopback_only() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("skipped: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, ports) = scheduler(
+        dir.path(),
+        vec![("DP__SERVER__HOST".into(), "0.0.0.0".into())],
+    );
+    let status = |host: &str| {
+        run_grpcurl(&[
+            "-plaintext",
+            &format!("{host}:{}", ports.grpc),
+            "dataprocessor.v1.Admin/GetStatus",
+        ])
+    };
+    let local = status("127.0.0.1");
+    assert!(ok(&local), "{}", text(&local));
+    let remote = status(&ip);
+    assert_eq!(grpc_code(&remote), "Unauthenticated", "{}", text(&remote));
+    assert!(text(&remote).contains("loopback"), "{}", text(&remote));
+    // Health stays open to probes from anywhere.
+    let health = run_grpcurl(&[
+        "-plaintext",
+        &format!("{ip}:{}", ports.grpc),
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(ok(&health), "{}", text(&health));
+    assert!(
+        proc.log_text().contains("admin.tokens is empty"),
+        "the warning at start"
+    );
+}
+
 #[test]
 fn oversize_messages_keys_values_and_pages_are_refused_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -614,6 +665,61 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     }
 }
 
+/// A moto S3 server (PyPI `moto[server]`, `make test-tools`) on a free loopback port with
+/// bucket `dp-e2e`; killed when dropped.
+struct Moto {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto() -> Moto {
+    use std::io::{Read, Write};
+    let port = tests::free_port();
+    let child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 (moto runs under it): run `make test-tools`");
+    let m = Moto { port, child };
+    let bucket = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(
+            s,
+            "PUT /dp-e2e HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    };
+    let up = wait_until(Duration::from_secs(30), || {
+        bucket().is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    assert!(
+        up,
+        "moto did not start: run `make test-tools` (pip install 'moto[server]')"
+    );
+    m
+}
+
+/// A cluster on S3 with admin tokens, debug logs and trace export: flushes sign S3 requests
+/// with the secret key, storage-admin and grpcurl send right and wrong tokens to the
+/// scheduler and the replayer; afterwards no log line, exported span or client output
+/// holds a token or the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_the_s3_secret_never_reach_logs_spans_or_errors() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -634,62 +740,114 @@ async fn tokens_and_the_s3_secret_never_reach_logs_spans_or_errors() {
     let s3_secret = "s3-SENTINEL-secret-77e1d0";
     let tokens_file = dir.path().join("tokens");
     std::fs::write(&tokens_file, format!("{} admin\n", sha256_hex(admin_token))).unwrap();
-    let (mut proc, ports) = tokio::task::block_in_place(|| {
-        scheduler(
-            dir.path(),
-            vec![
-                ("DP__ADMIN__TOKENS_FILE".into(), p(&tokens_file)),
-                ("DP__TELEMETRY__OTLP_ENDPOINT".into(), otlp.clone()),
-                ("DP__TELEMETRY__LOG_LEVEL".into(), "debug".into()),
-                ("AWS_ACCESS_KEY_ID".into(), "AKIDTEST".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), s3_secret.into()),
-            ],
-        )
-    });
-    let addr = ports.grpc_addr();
-    let mut outputs = String::new();
-    tokio::task::block_in_place(|| {
-        for (token, args) in [
-            (admin_token, vec!["tables", "create", "t"]),
-            (admin_token, vec!["tables", "list"]),
-            (admin_token, vec!["status"]),
-            (wrong_token, vec!["tables", "list"]),
-            (wrong_token, vec!["tables", "drop", "t"]),
-        ] {
-            let mut full = vec!["--scheduler", addr.as_str(), "--token", token];
-            full.extend(args);
-            outputs.push_str(&text(&storage_admin(&full, &[])));
+    let (c, outputs, m) = tokio::task::block_in_place(|| {
+        let m = moto();
+        let endpoint = format!("http://127.0.0.1:{}", m.port);
+        let tokens = p(&tokens_file);
+        let env: Vec<(&str, &str)> = vec![
+            ("DP__STORAGE__URL", "s3://dp-e2e/secrets"),
+            ("DP__STORAGE__S3__ENDPOINT", &endpoint),
+            ("DP__STORAGE__S3__REGION", "us-east-1"),
+            ("DP__STORAGE__S3__ALLOW_HTTP", "true"),
+            ("DP__ADMIN__TOKENS_FILE", &tokens),
+            ("DP__TELEMETRY__OTLP_ENDPOINT", &otlp),
+            ("DP__TELEMETRY__LOG_LEVEL", "debug"),
+            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+            ("AWS_SECRET_ACCESS_KEY", s3_secret),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        let mut c = DataCluster::start(dir.path(), &env);
+        c.admin_env = vec![
+            ("DP_ADMIN_TOKEN".into(), admin_token.into()),
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDTEST".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), s3_secret.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT".into(), endpoint.clone()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ];
+        c.start_flusher();
+        c.create_tables(&["t"]);
+        for i in 0..10 {
+            let o = c.admin(&["put", "t", &format!("k{i}"), "v"]);
+            assert_eq!(o.code, 0, "put on s3: {}", o.stderr);
         }
-        let out = run_grpcurl(&[
-            "-plaintext",
-            "-H",
-            &format!("authorization: Bearer {wrong_token}"),
-            &addr,
-            "dataprocessor.v1.Admin/ListTables",
-        ]);
-        outputs.push_str(&text(&out));
+        c.wait_flushed("t", 10, Duration::from_secs(60));
+        assert_eq!(
+            c.scan_all("t").len(),
+            10,
+            "scan through the replayer with the token"
+        );
+        let mut outputs = String::new();
+        let addr = c.admin_addr();
+        for args in [
+            vec!["status"],
+            vec!["--token", wrong_token, "tables", "list"],
+            vec!["--token", wrong_token, "tables", "drop", "t"],
+            vec!["--token", wrong_token, "get", "t", "k1"],
+        ] {
+            let mut full = vec!["--scheduler", addr.as_str()];
+            full.extend(args);
+            let env: Vec<(&str, String)> = c
+                .admin_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            outputs.push_str(&text(&storage_admin(&full, &env)));
+        }
+        for (target, method) in [
+            (addr.clone(), "dataprocessor.v1.Admin/ListTables"),
+            (
+                c.replayer_ports.grpc_addr(),
+                "dataprocessor.v1.Replayer/GetStatus",
+            ),
+        ] {
+            let out = run_grpcurl(&[
+                "-plaintext",
+                "-H",
+                &format!("authorization: Bearer {wrong_token}"),
+                &target,
+                method,
+            ]);
+            assert_eq!(
+                grpc_code(&out),
+                "Unauthenticated",
+                "{method}: {}",
+                text(&out)
+            );
+            outputs.push_str(&text(&out));
+        }
+        (c, outputs, m)
     });
     assert!(
         outputs.contains("not valid"),
         "the wrong token was refused: {outputs}"
     );
-    // Spans are exported in batches: wait until the calls' server spans arrived.
+    // Spans are exported in batches: wait until the flush's completion arrived.
     let arrived = tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(30), || {
-            exported.0.lock().unwrap().contains("ListTables")
+            let spans = exported.0.lock().unwrap();
+            spans.contains("CompleteTask") && spans.contains("ListTables")
         })
     });
-    proc.terminate();
-    tokio::task::block_in_place(|| proc.wait_timeout(Duration::from_secs(10)));
-    assert!(arrived, "no spans exported; log:\n{}", proc.log_text());
-    let log = proc.log_text();
+    assert!(arrived, "spans were not exported");
+    let mut logs = String::new();
+    for proc in [&c.sched, &c.replayer]
+        .into_iter()
+        .chain(c.flushers.iter())
+        .flatten()
+    {
+        logs.push_str(&proc.log_text());
+    }
+    assert!(logs.contains("DEBUG"), "debug logging was on");
     let spans = exported.0.lock().unwrap().clone();
     for secret in [admin_token, wrong_token, s3_secret, "SENTINEL"] {
-        assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
+        assert!(!logs.contains(secret), "a log holds {secret}");
         assert!(!spans.contains(secret), "exported spans hold {secret}");
         assert!(
             !outputs.contains(secret),
             "storage-admin or grpcurl output holds {secret}"
         );
     }
+    drop(c);
+    drop(m);
 }
