@@ -24,7 +24,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::auth::{AuthLayer, AuthPolicy};
 use crate::config::{Config, ServerConfig};
 use crate::telemetry::{TracePropagation, server_span};
-use crate::tls::{ClientFiles, ServerTls, TlsError};
+use crate::tls::{ClientFiles, ClientTls, ServerTls, TlsError};
 
 /// A client channel that propagates trace context.
 pub type TracedChannel = InterceptedService<Channel, TracePropagation>;
@@ -78,14 +78,18 @@ pub fn incoming(
     Ok(crate::tls::incoming(listener, tls))
 }
 
-/// The client TLS files of this process (None: plain text).
-static CLIENT_TLS: RwLock<Option<ClientFiles>> = RwLock::new(None);
+/// The client TLS of this process (None: plain text).
+static CLIENT_TLS: RwLock<Option<Arc<ClientTls>>> = RwLock::new(None);
 
 /// Makes every channel [`connect_lazy`] creates from now on use TLS with `cfg`'s files
 /// (or plain text when TLS is off). The launcher calls it once with the process' config.
-pub fn use_client_tls(cfg: &crate::config::TlsConfig) {
+pub fn use_client_tls(cfg: &crate::config::TlsConfig) -> Result<(), TlsError> {
+    let tls = ClientFiles::from_config(cfg)
+        .map(ClientTls::new)
+        .transpose()?;
     let mut g = CLIENT_TLS.write().unwrap_or_else(|e| e.into_inner());
-    *g = ClientFiles::from_config(cfg);
+    *g = tls;
+    Ok(())
 }
 
 /// Why a channel could not be made.
@@ -106,29 +110,39 @@ pub fn with_scheme(endpoint: &str, tls: bool) -> String {
 }
 
 /// A lazily connecting channel to `endpoint` (`http://host:port`) with timeouts and
-/// keepalive, wrapped to propagate trace context; over TLS (`https`) when the process
-/// uses client TLS ([`use_client_tls`]).
+/// keepalive, wrapped to propagate trace context; over TLS when the process uses client
+/// TLS ([`use_client_tls`]).
 pub fn connect_lazy(
     endpoint: &str,
     request_timeout: Duration,
 ) -> Result<TracedChannel, ConnectError> {
-    let files = CLIENT_TLS.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let tls = files.as_ref().map(crate::tls::client_config).transpose()?;
-    let mut endpoint = Endpoint::from_shared(with_scheme(endpoint, tls.is_some()))?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    let channel = endpoint
+    let tls = CLIENT_TLS.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // With our TLS connector the URI stays `http`: tonic would refuse `https` without
+    // its own TLS config.
+    let uri = match (&tls, endpoint.strip_prefix("https://")) {
+        (Some(_), Some(rest)) => format!("http://{rest}"),
+        _ => endpoint.to_owned(),
+    };
+    let endpoint = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(request_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    let channel = match tls {
+        // Our own connector does the TLS handshake with the current files, so a
+        // reconnecting channel presents a rotated client certificate.
+        Some(tls) => {
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: http::Uri| {
+                let tls = tls.clone();
+                async move { tls.connect(&uri).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+        }
+        None => endpoint.connect_lazy(),
+    };
     Ok(InterceptedService::new(channel, TracePropagation))
 }
-
 /// `http://` + address, unless it already has a scheme.
 pub fn endpoint_url(address: &str) -> String {
     if address.starts_with("http://") || address.starts_with("https://") {

@@ -214,7 +214,7 @@ pub async fn run_until_signal(
     services: Vec<(ServiceKind, RunFn)>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    grpc::use_client_tls(&cfg.server.tls);
+    grpc::use_client_tls(&cfg.server.tls)?;
     let handle = metrics::install();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::upkeep(handle.clone(), shutdown.clone()));

@@ -15,8 +15,10 @@
 //! for one of `server.tls.worker_names`). tonic puts it into every request's extensions,
 //! where [`crate::auth`] reads it.
 //!
-//! Clients (this process calling other services, and `storage-admin`) use tonic's
-//! `ClientTlsConfig` built by [`client_config`] from PEM files read when a channel is made.
+//! The services' own clients connect through [`ClientTls`], which follows its files the
+//! same way (each new connection, also a channel's reconnection, uses the current client
+//! certificate and CA). `storage-admin`, a short-lived process, uses tonic's
+//! `ClientTlsConfig` built by [`client_config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -425,6 +427,131 @@ impl ClientFiles {
     /// TLS is to be used.
     pub fn enabled(&self) -> bool {
         !self.ca.is_empty() || !self.cert.is_empty()
+    }
+}
+
+/// A client TLS config that follows its files (re-read when they change, checked at most
+/// once a second on a new connection).
+pub struct ClientTls {
+    files: ClientFiles,
+    state: Mutex<ClientReload>,
+}
+
+struct ClientReload {
+    checked: Instant,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    pub fn new(files: ClientFiles) -> Result<Arc<Self>, TlsError> {
+        let config = Self::build(&files)?;
+        Ok(Arc::new(Self {
+            state: Mutex::new(ClientReload {
+                checked: Instant::now(),
+                stamps: Self::stamps(&files),
+                config,
+            }),
+            files,
+        }))
+    }
+
+    fn stamps(files: &ClientFiles) -> Vec<Option<(SystemTime, u64)>> {
+        [&files.ca, &files.cert, &files.key]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    fn build(files: &ClientFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        if files.ca.is_empty() {
+            return Err(TlsError::Invalid {
+                key: "server.tls.ca",
+                message: "TLS clients need the CA that signed the services' certificates".into(),
+            });
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs("server.tls.ca", Path::new(&files.ca))? {
+            roots.add(c).map_err(|e| TlsError::Invalid {
+                key: "server.tls.ca",
+                message: e.to_string(),
+            })?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid {
+                key: "server.tls",
+                message: e.to_string(),
+            })?
+            .with_root_certificates(roots);
+        let mut cfg = if files.cert.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let certs = load_certs("server.tls.cert", Path::new(&files.cert))?;
+            let key = load_key("server.tls.key", Path::new(&files.key))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::Invalid {
+                    key: "server.tls.key",
+                    message: e.to_string(),
+                })?
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The config for a new connection, re-read from the files if they changed.
+    pub fn current(&self) -> Arc<rustls::ClientConfig> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.checked.elapsed() >= RELOAD_CHECK {
+            s.checked = Instant::now();
+            let stamps = Self::stamps(&self.files);
+            if stamps != s.stamps {
+                match Self::build(&self.files) {
+                    Ok(config) => {
+                        tracing::info!("TLS client files changed; new connections use them");
+                        s.config = config;
+                        s.stamps = stamps;
+                    }
+                    Err(e) => {
+                        tracing::warn!("TLS client files changed but cannot be loaded yet: {e}")
+                    }
+                }
+            }
+        }
+        s.config.clone()
+    }
+
+    /// A TLS connection to `uri`'s host and port, the server verified against
+    /// `server.tls.server_name` or else that host.
+    pub async fn connect(
+        &self,
+        uri: &http::Uri,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let host = uri
+            .host()
+            .ok_or_else(|| std::io::Error::other(format!("{uri}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let name = if self.files.server_name.is_empty() {
+            host.clone()
+        } else {
+            self.files.server_name.clone()
+        };
+        let name = ServerName::try_from(name.clone())
+            .map_err(|_| std::io::Error::other(format!("{name:?} is not a valid server name")))?;
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        tokio_rustls::TlsConnector::from(self.current())
+            .connect(name, tcp)
+            .await
     }
 }
 
