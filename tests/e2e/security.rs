@@ -627,6 +627,24 @@ fn oversize_messages_keys_values_and_pages_are_refused_naming_the_limit() {
         text(&out)
     );
 
+    // A list over its limit: a task result with too many files.
+    let files = vec!["{}"; runtime::limits::MAX_LIST_LEN + 1].join(",");
+    let out = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        &format!(
+            r#"{{"task_id": 1, "attempt": 1, "result": {{"flush": {{"files": [{files}]}}}}}}"#
+        ),
+        &c.admin_addr(),
+        "dataprocessor.v1.Scheduler/CompleteTask",
+    ]);
+    assert_eq!(grpc_code(&out), "InvalidArgument", "{}", text(&out));
+    assert!(
+        text(&out).contains("list size limit of 10000"),
+        "{}",
+        text(&out)
+    );
+
     // Nothing changed: the same tables, the one key.
     let after = c.admin_json(&["tables", "list"]);
     let names = |v: &serde_json::Value| -> Vec<String> {
