@@ -487,6 +487,21 @@ fn every_role_against_every_admin_rpc() {
         &[],
     );
     assert!(ok(&o) && text(&o).contains("\"cli\""), "{}", text(&o));
+
+    // The tokens file is re-read when it changes: a new token works and a removed one
+    // stops working, without a restart.
+    let rotated = "rotated-token-0123456789";
+    std::fs::write(&tokens_file, format!("{} admin\n", sha256_hex(rotated))).unwrap();
+    let picked_up = wait_until(Duration::from_secs(20), || {
+        grpc_code(&call("ListTables", "{}", Some(rotated.to_owned()))) == "OK"
+    });
+    assert!(
+        picked_up,
+        "the new token was not accepted; log:\n{}",
+        proc.log_text()
+    );
+    let revoked = call("ListTables", "{}", Some(token("viewer")));
+    assert_eq!(grpc_code(&revoked), "Unauthenticated", "{}", text(&revoked));
     drop(proc);
 }
 

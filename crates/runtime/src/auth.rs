@@ -63,12 +63,55 @@ pub fn requirement(path: &str) -> Requirement {
     }
 }
 
-/// The configured tokens and whether peers are identified by certificates.
-#[derive(Debug, Clone, Default)]
+type Tokens = Arc<Vec<([u8; 32], Role)>>;
+
+/// The configured tokens and whether peers are identified by certificates. A tokens file
+/// (`admin.tokens_file`, e.g. a mounted Secret) is re-read when it changes (checked at most
+/// once a second), so tokens are added and revoked without a restart.
+#[derive(Debug, Default)]
 pub struct AuthPolicy {
-    /// (SHA-256 of the token, role).
-    tokens: Vec<([u8; 32], Role)>,
+    /// The `admin` section the tokens come from (None: fixed tokens, tests).
+    admin: Option<crate::config::AdminConfig>,
+    state: std::sync::Mutex<TokenState>,
     mutual_tls: bool,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    checked: std::time::Instant,
+    stamp: Option<(std::time::SystemTime, u64)>,
+    /// (SHA-256 of the token, role).
+    tokens: Tokens,
+}
+
+impl Default for TokenState {
+    fn default() -> Self {
+        Self {
+            checked: std::time::Instant::now(),
+            stamp: None,
+            tokens: Arc::default(),
+        }
+    }
+}
+
+fn file_stamp(path: &str) -> Option<(std::time::SystemTime, u64)> {
+    if path.is_empty() {
+        return None;
+    }
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn load_tokens(admin: &crate::config::AdminConfig) -> Result<Tokens, ConfigError> {
+    let mut tokens = Vec::new();
+    for t in admin.all_tokens()? {
+        let hash = from_hex(&t.sha256).ok_or_else(|| ConfigError::Invalid {
+            key: "admin.tokens".into(),
+            message: "a sha256 is not 64 hex digits".into(),
+        })?;
+        tokens.push((hash, t.role));
+    }
+    Ok(Arc::new(tokens))
 }
 
 /// SHA-256 of `token`.
@@ -92,16 +135,14 @@ fn from_hex(hex: &str) -> Option<[u8; 32]> {
 
 impl AuthPolicy {
     pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
-        let mut tokens = Vec::new();
-        for t in cfg.admin.all_tokens()? {
-            let hash = from_hex(&t.sha256).ok_or_else(|| ConfigError::Invalid {
-                key: "admin.tokens".into(),
-                message: "a sha256 is not 64 hex digits".into(),
-            })?;
-            tokens.push((hash, t.role));
-        }
+        let tokens = load_tokens(&cfg.admin)?;
         Ok(Self {
-            tokens,
+            state: std::sync::Mutex::new(TokenState {
+                stamp: file_stamp(&cfg.admin.tokens_file),
+                tokens,
+                ..TokenState::default()
+            }),
+            admin: Some(cfg.admin.clone()),
             mutual_tls: cfg.server.tls.mutual(),
         })
     }
@@ -109,21 +150,52 @@ impl AuthPolicy {
     /// A policy with `tokens` given in clear (tests).
     pub fn with_tokens(tokens: &[(&str, Role)], mutual_tls: bool) -> Self {
         Self {
-            tokens: tokens.iter().map(|(t, r)| (token_hash(t), *r)).collect(),
+            admin: None,
+            state: std::sync::Mutex::new(TokenState {
+                tokens: Arc::new(tokens.iter().map(|(t, r)| (token_hash(t), *r)).collect()),
+                ..TokenState::default()
+            }),
             mutual_tls,
         }
     }
 
+    /// The current tokens, re-read from `admin.tokens_file` if it changed.
+    fn tokens(&self) -> Tokens {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(admin) = &self.admin
+            && !admin.tokens_file.is_empty()
+            && s.checked.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            s.checked = std::time::Instant::now();
+            let stamp = file_stamp(&admin.tokens_file);
+            if stamp != s.stamp {
+                match load_tokens(admin) {
+                    Ok(tokens) => {
+                        tracing::info!(
+                            count = tokens.len(),
+                            "admin.tokens_file changed; tokens reloaded"
+                        );
+                        s.tokens = tokens;
+                        s.stamp = stamp;
+                    }
+                    // Keep the previous tokens (the error names the line, never a token).
+                    Err(e) => tracing::warn!("admin.tokens_file changed but cannot be used: {e}"),
+                }
+            }
+        }
+        s.tokens.clone()
+    }
+
     pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.tokens().is_empty()
     }
 
     /// The role of a presented token, comparing against every configured hash in constant
     /// time (no early exit, no data-dependent branch per byte).
-    fn role_of(&self, token: &str) -> Option<Role> {
+    fn role_of(tokens: &[([u8; 32], Role)], token: &str) -> Option<Role> {
         let h = token_hash(token);
         let mut found = None;
-        for (stored, role) in &self.tokens {
+        for (stored, role) in tokens {
             let diff = stored
                 .iter()
                 .zip(h.iter())
@@ -155,7 +227,8 @@ impl AuthPolicy {
                 }
             }
             Requirement::Role(needed) => {
-                if self.tokens.is_empty() {
+                let tokens = self.tokens();
+                if tokens.is_empty() {
                     return if peer.is_some_and(PeerInfo::is_loopback) {
                         Ok(())
                     } else {
@@ -177,7 +250,7 @@ impl AuthPolicy {
                             "{method}: authorization metadata must be `Bearer <token>`"
                         ))
                     })?;
-                let role = self.role_of(token.trim()).ok_or_else(|| {
+                let role = Self::role_of(&tokens, token.trim()).ok_or_else(|| {
                     Status::unauthenticated(format!("{method}: the bearer token is not valid"))
                 })?;
                 if role >= needed {
