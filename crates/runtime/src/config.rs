@@ -659,7 +659,7 @@ pub struct AdminConfig {
     /// Token hashes with their roles.
     pub tokens: Vec<TokenConfig>,
     /// A file of more tokens, one `<sha256 hex> <role>` per line (`#` starts a comment),
-    /// e.g. mounted from a Kubernetes Secret.
+    /// e.g. mounted from a Kubernetes Secret; re-read when it changes.
     pub tokens_file: String,
 }
 
