@@ -315,6 +315,48 @@ fn mutual_tls_workers_complete_tasks_and_an_operator_certificate_cannot() {
 }
 
 #[test]
+fn the_all_in_one_binary_runs_on_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let (cert, key) = ca.service_leaf("service");
+    let ports: Vec<Ports> = (0..4).map(|_| Ports::free()).collect();
+    let mut env = Vec::new();
+    for (name, p) in ["scheduler", "replayer", "flusher", "compactor"]
+        .iter()
+        .zip(&ports)
+    {
+        env.extend(service_env(name, *p, dir.path()));
+    }
+    env.extend(tls_env(&cert, &key, &ca.cert, true));
+    let proc = Proc::start("data-processor", "data-processor", dir.path(), &[], &env);
+    for p in &ports {
+        wait_healthy(&proc, p.http);
+    }
+    // The co-located workers registered with the scheduler over mutual TLS.
+    let registered = wait_until(Duration::from_secs(20), || {
+        let out = run_grpcurl(&[
+            "-cacert",
+            &p(&ca.cert),
+            "-cert",
+            &p(&cert),
+            "-key",
+            &p(&key),
+            &ports[0].grpc_addr(),
+            "dataprocessor.v1.Admin/GetStatus",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["workers"].as_array().map(|w| w.len()))
+            == Some(3)
+    });
+    assert!(
+        registered,
+        "workers did not register; log:\n{}",
+        proc.log_text()
+    );
+}
+
+#[test]
 fn a_replaced_certificate_is_served_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let old_ca = Ca::new(dir.path(), "old");
