@@ -7,7 +7,8 @@
 #   - promtool check config on deploy/prometheus/prometheus.yml
 #   - helm lint --strict and helm template with the defaults and every ci/*-values.yaml;
 #     kubernetes-validate --strict on what they render (Kubernetes $K8S_VERSION); only the
-#     Prometheus Operator CRDs (ServiceMonitor, PrometheusRule) may lack a schema; promtool
+#     Prometheus Operator CRDs (ServiceMonitor, PrometheusRule) and cert-manager's
+#     Certificate may lack a schema; promtool
 #     check rules on the rendered PrometheusRule
 #   - every tests/bad-values/*.yaml must make helm lint and helm template FAIL on the
 #     values schema (and not for any other reason)
@@ -62,7 +63,7 @@ render() { # name, helm args...
   python3 -m kubernetes_validate --strict -k "$K8S_VERSION" --quiet "$OUT/$name.yaml" > "$log" 2>&1 \
     || { cat "$log"; fail "$name: rendered manifests do not validate"; }
   # No schema is known only for the Prometheus Operator's CRDs; anything else is an error.
-  if grep -v -E "Couldn't find schema for kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1" "$log" | grep -q .; then
+  if grep -v -E "Couldn't find schema for kind ((ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|Certificate with api version cert-manager.io/v1)" "$log" | grep -q .; then
     cat "$log"; fail "$name: unexpected kubernetes-validate output"
   fi
   cat "$log"

@@ -37,6 +37,8 @@ const CHART_OWNED_KEYS: &[&str] = &[
     "storage.",
     "catalog.path",
     "scheduler.endpoint",
+    "server.tls.",
+    "admin.",
 ];
 
 /// Stands in for `$(POD_IP)` when a pod's environment is loaded.

@@ -86,9 +86,10 @@ impl Proc {
                 cmd.env_remove(k);
             }
         }
-        cmd.args(args)
+        // Info logs unless the test asks for another level.
+        cmd.env("DP__TELEMETRY__LOG_LEVEL", "info")
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("DP__TELEMETRY__LOG_LEVEL", "info")
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)

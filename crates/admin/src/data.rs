@@ -22,6 +22,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::client::AuthChannel;
 use admin::merge::{MergeError, NewestVersions, ScanMerge, Version, visible};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -29,12 +30,11 @@ use lsm::{BoxedIterator, MAX_SEQNO, MergingIterator, SeqNo, ValueKind};
 use proto::v1 as pb;
 use storage::Storage;
 use storage::paths::TableName;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::{Cli, Failure, connect, output};
 
-type AdminClient = pb::admin_client::AdminClient<Channel>;
-type ReplayerClient = pb::replayer_client::ReplayerClient<Channel>;
+type AdminClient = pb::admin_client::AdminClient<AuthChannel>;
+type ReplayerClient = pb::replayer_client::ReplayerClient<AuthChannel>;
 
 /// How often a read restarts because the manifest moved under it before giving up.
 const MAX_READ_RESTARTS: u32 = 8;
@@ -63,6 +63,33 @@ pub fn parse_arg(what: &str, s: &str, hex: bool) -> Result<Vec<u8>, Failure> {
                 .ok_or_else(|| Failure(2, format!("{what} {s:?}: not hex (--hex)")))
         })
         .collect()
+}
+
+/// Refuses a key or value over the limits (usage error, exit 2) before anything is
+/// written.
+pub fn check_sizes(key: &[u8], value: Option<&[u8]>) -> Result<(), Failure> {
+    use runtime::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Failure(
+            2,
+            format!(
+                "key: {} bytes exceeds the key size limit of {MAX_KEY_BYTES} bytes",
+                key.len()
+            ),
+        ));
+    }
+    if let Some(v) = value
+        && v.len() > MAX_VALUE_BYTES
+    {
+        return Err(Failure(
+            2,
+            format!(
+                "value: {} bytes exceeds the value size limit of {MAX_VALUE_BYTES} bytes",
+                v.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The table's record from ListTables; an unknown table is an error naming it.
@@ -218,22 +245,19 @@ impl<'a> MemtableReader<'a> {
         if self.address.is_empty() {
             return Err(NotYet::Other("has no replayer assigned".into()));
         }
-        let url = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
-        };
-        let endpoint = Endpoint::from_shared(url)
-            .map_err(|e| {
-                NotYet::Other(format!(
-                    "has a bad replayer address {:?}: {e}",
-                    self.address
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30));
-        let channel = endpoint.connect().await.map_err(|e| {
-            NotYet::Unreachable(format!("replayer {} unreachable: {e}", self.address))
+        let channel = crate::client::connect(
+            &self.address,
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::client::ConnectError::Address(m) => {
+                NotYet::Other(format!("has a bad replayer address {m}"))
+            }
+            crate::client::ConnectError::Unreachable(m) => {
+                NotYet::Unreachable(format!("replayer {m}"))
+            }
         })?;
         let client = ReplayerClient::new(channel);
         self.client = Some(client.clone());

@@ -20,6 +20,7 @@
 //!
 //! The pure parts (oracle format and reader, read merge, workload) are the `admin` library.
 
+mod client;
 mod compact;
 mod data;
 mod load;
@@ -32,7 +33,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use proto::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
 
 /// The top-level help's epilogue: examples and the exit codes.
 const TOP_HELP: &str = "\
@@ -73,6 +73,8 @@ struct Cli {
     /// the URL the scheduler reports). s3 credentials come from the AWS_* environment.
     #[arg(long, global = true, env = "DP__STORAGE__URL")]
     storage_url: Option<String>,
+    #[command(flatten)]
+    security: client::SecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -529,10 +531,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reply = rt.block_on(run(&cli)).unwrap_or_else(|f| Reply {
-        stdout: String::new(),
-        failure: Some(f),
-    });
+    let reply = client::init(&cli.security)
+        .and_then(|()| rt.block_on(run(&cli)))
+        .unwrap_or_else(|f| Reply {
+            stdout: String::new(),
+            failure: Some(f),
+        });
     if !reply.stdout.is_empty() {
         println!("{}", reply.stdout);
     }
@@ -603,20 +607,15 @@ async fn fetch_metrics(address: &str) -> std::io::Result<String> {
     Ok(body.to_owned())
 }
 
-async fn connect(address: &str) -> Result<pb::admin_client::AdminClient<Channel>, Failure> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| Failure(2, format!("--scheduler {address:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint
-        .connect()
+async fn connect(
+    address: &str,
+) -> Result<pb::admin_client::AdminClient<client::AuthChannel>, Failure> {
+    let channel = client::connect(address, Duration::from_secs(3), Duration::from_secs(30))
         .await
-        .map_err(|e| Failure(3, format!("scheduler unreachable at {address}: {e}")))?;
+        .map_err(|e| match e {
+            client::ConnectError::Address(m) => Failure(2, format!("--scheduler {m}")),
+            client::ConnectError::Unreachable(m) => Failure(3, format!("scheduler {m}")),
+        })?;
     Ok(pb::admin_client::AdminClient::new(channel))
 }
 
@@ -646,10 +645,12 @@ async fn run(cli: &Cli) -> Result<Reply, Failure> {
         } => {
             let k = data::parse_arg("key", key, *hex)?;
             let v = data::parse_arg("value", value, *hex)?;
+            data::check_sizes(&k, Some(&v))?;
             data::write(cli, table, &k, Some(&v)).await?
         }
         Command::Delete { table, key, hex } => {
             let k = data::parse_arg("key", key, *hex)?;
+            data::check_sizes(&k, None)?;
             data::write(cli, table, &k, None).await?
         }
         Command::Get {

@@ -6,25 +6,15 @@
 use std::time::Duration;
 
 use proto::v1 as pb;
-use tonic::transport::Endpoint;
 
 /// Connect and call timeout of one worker's GetStatus.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One worker's own GetStatus, or why it could not be had (one line).
 pub async fn probe(w: &pb::WorkerInfo) -> Result<pb::ServiceInfo, String> {
-    let url = if w.address.contains("://") {
-        w.address.clone()
-    } else {
-        format!("http://{}", w.address)
-    };
-    let channel = Endpoint::from_shared(url)
-        .map_err(|e| format!("bad address {:?}: {e}", w.address))?
-        .connect_timeout(PROBE_TIMEOUT)
-        .timeout(PROBE_TIMEOUT)
-        .connect()
+    let channel = crate::client::connect(&w.address, PROBE_TIMEOUT, PROBE_TIMEOUT)
         .await
-        .map_err(|e| format!("unreachable: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let req = pb::WorkerStatusRequest {};
     let info = match pb::WorkerKind::try_from(w.kind) {
         Ok(pb::WorkerKind::Replayer) => pb::replayer_client::ReplayerClient::new(channel)

@@ -311,11 +311,12 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
         shutdown: ctx.shutdown.clone(),
         compactions,
     };
+    let max_message = ctx.config.server.max_message_size.as_u64() as usize;
     serve_worker(
         ctx,
         WorkerKind::Compactor,
         attempts,
-        CompactorServer::new(api),
+        CompactorServer::new(api).max_decoding_message_size(max_message),
     )
     .await
 }

@@ -157,5 +157,7 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
         shutdown: ctx.shutdown.clone(),
         jobs,
     };
-    serve_worker(ctx, WorkerKind::Flusher, attempts, FlusherServer::new(api)).await
+    let max_message = ctx.config.server.max_message_size.as_u64() as usize;
+    let server = FlusherServer::new(api).max_decoding_message_size(max_message);
+    serve_worker(ctx, WorkerKind::Flusher, attempts, server).await
 }

@@ -466,6 +466,7 @@ impl Replayer for ReplayerApi {
         request: Request<pb::MemtableGetRequest>,
     ) -> Result<Response<pb::MemtableGetResponse>, Status> {
         let req = request.into_inner();
+        runtime::limits::check_key("key", &req.key)?;
         let state = self.0.state(&req.table)?;
         let (memtables, applied_seq) = {
             let st = lock(&state);
@@ -484,12 +485,15 @@ impl Replayer for ReplayerApi {
         request: Request<pb::MemtableScanRequest>,
     ) -> Result<Response<pb::MemtableScanResponse>, Status> {
         let req = request.into_inner();
+        let range = req.range.unwrap_or_default();
+        runtime::limits::check_key("range.start", &range.start)?;
+        runtime::limits::check_key("range.end", &range.end)?;
+        runtime::limits::check_page("limit", req.limit, runtime::limits::MAX_SCAN_PAGE)?;
         let state = self.0.state(&req.table)?;
         let (memtables, applied_seq) = {
             let st = lock(&state);
             (st.memtables(), st.applied_seq())
         };
-        let range = req.range.unwrap_or_default();
         let limit = match req.limit {
             0 => 1000,
             n => n as usize,
@@ -549,11 +553,12 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     });
     tokio::spawn(request_flushes(shared.clone()));
     tokio::spawn(publish_metrics(shared.clone()));
+    let max_message = ctx.config.server.max_message_size.as_u64() as usize;
     serve_worker_with(
         ctx,
         pb::WorkerKind::Replayer,
         shared.clone(),
-        ReplayerServer::new(ReplayerApi(shared)),
+        ReplayerServer::new(ReplayerApi(shared)).max_decoding_message_size(max_message),
     )
     .await
 }

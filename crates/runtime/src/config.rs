@@ -178,6 +178,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// Who may call the admin API (bearer tokens and their roles).
+    pub admin: AdminConfig,
 }
 
 /// `processor` section.
@@ -538,6 +540,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// RPCs served at once per connection; beyond it requests are shed (UNAVAILABLE).
     pub max_concurrent_requests: u32,
+    /// Largest gRPC message a server decodes or a client sends; bigger ones are refused
+    /// with RESOURCE_EXHAUSTED naming this limit.
+    pub max_message_size: ByteSize,
+    /// TLS of every gRPC port and of this process' gRPC clients.
+    pub tls: TlsConfig,
     /// Scheduler ports.
     pub scheduler: PortsConfig,
     /// Replayer ports.
@@ -556,6 +563,8 @@ impl Default for ServerConfig {
             drain_timeout: Duration::secs(10),
             request_timeout: Duration::secs(30),
             max_concurrent_requests: 256,
+            max_message_size: ByteSize::mib(4),
+            tls: TlsConfig::default(),
             scheduler: PortsConfig::with(50051, 8082),
             replayer: PortsConfig::with(50052, 8083),
             flusher: PortsConfig::with(50053, 8084),
@@ -573,6 +582,173 @@ impl ServerConfig {
             ServiceKind::Flusher => &self.flusher,
             ServiceKind::Compactor => &self.compactor,
         }
+    }
+}
+
+/// `server.tls` section. Empty `cert` = plain text. Certificate files are re-read when they
+/// change (checked at most once a second, on new connections), so a rotated certificate is
+/// served without a restart.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this service. Also its client certificate when it calls
+    /// other services (workers to the scheduler, the scheduler to workers).
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
+    /// PEM CA bundle: when set, mutual TLS: only peers with a certificate from this CA
+    /// are accepted.
+    pub client_ca: String,
+    /// PEM CA bundle that this process' clients trust for the servers they call; empty =
+    /// `client_ca`.
+    pub ca: String,
+    /// The name this process' clients verify server certificates against; empty = the
+    /// host they dial. Services advertise pod IPs, so in Kubernetes set a name every
+    /// service certificate carries (e.g. the first of `worker_names`).
+    pub server_name: String,
+    /// Names that make a client certificate a service certificate (a worker's or the
+    /// scheduler's): with mutual TLS the service-to-service RPCs (RegisterWorker,
+    /// Heartbeat, CompleteTask, RequestFlush, dispatches, ReadMemtable) are accepted only
+    /// from a certificate valid for one of these DNS names (checked as a server name is:
+    /// DNS subject alternative names, wildcards allowed in the certificate).
+    pub worker_names: Vec<String>,
+}
+
+impl TlsConfig {
+    /// TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+    /// Mutual TLS is on.
+    pub fn mutual(&self) -> bool {
+        self.enabled() && !self.client_ca.is_empty()
+    }
+    /// The CA this process' clients trust.
+    pub fn server_ca(&self) -> &str {
+        if self.ca.is_empty() {
+            &self.client_ca
+        } else {
+            &self.ca
+        }
+    }
+    /// `worker_names`, or its default.
+    pub fn worker_names(&self) -> Vec<String> {
+        if self.worker_names.is_empty() {
+            vec![DEFAULT_WORKER_NAME.to_owned()]
+        } else {
+            self.worker_names.clone()
+        }
+    }
+}
+
+/// The DNS name a service certificate carries when `server.tls.worker_names` is not set.
+pub const DEFAULT_WORKER_NAME: &str = "worker.data-processor.internal";
+
+/// Role of an admin token, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Role {
+    /// Status, queue, tasks, manifest, statistics.
+    Viewer,
+    /// Viewer plus triggers, cancel and quarantine release.
+    Operator,
+    /// Operator plus table create and drop.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        match v.as_str() {
+            "viewer" => Ok(Self::Viewer),
+            "operator" => Ok(Self::Operator),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!(
+                "unknown role {other:?} (expected one of: viewer, operator, admin)"
+            )),
+        }
+    }
+}
+
+/// One admin token: the SHA-256 of the token (never the token itself) and its role.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lower-case hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: Role,
+}
+
+/// `admin` section: bearer tokens of the admin API (`authorization: Bearer <token>`).
+/// With no token configured the admin API answers only loopback clients and the service
+/// logs a warning at start.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Token hashes with their roles.
+    pub tokens: Vec<TokenConfig>,
+    /// A file of more tokens, one `<sha256 hex> <role>` per line (`#` starts a comment),
+    /// e.g. mounted from a Kubernetes Secret; re-read when it changes.
+    pub tokens_file: String,
+}
+
+impl AdminConfig {
+    /// Every configured token: `tokens`, then those of `tokens_file`. Errors name the key
+    /// and the line, never a token.
+    pub fn all_tokens(&self) -> Result<Vec<TokenConfig>, ConfigError> {
+        let mut out = self.tokens.clone();
+        for (i, t) in out.iter().enumerate() {
+            check_hash(&format!("admin.tokens[{i}].sha256"), &t.sha256)?;
+        }
+        if !self.tokens_file.is_empty() {
+            let text = std::fs::read_to_string(&self.tokens_file).map_err(|e| {
+                invalid(
+                    "admin.tokens_file",
+                    format!("cannot read {:?}: {e}", self.tokens_file),
+                )
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let key = format!("admin.tokens_file ({}:{})", self.tokens_file, n + 1);
+                let mut parts = line.split_whitespace();
+                let (Some(hash), Some(role), None) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(invalid(&key, "expected `<sha256 hex> <role>`"));
+                };
+                check_hash(&key, hash)?;
+                let role = Role::try_from(role.to_owned()).map_err(|e| invalid(&key, e))?;
+                out.push(TokenConfig {
+                    sha256: hash.to_ascii_lowercase(),
+                    role,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_hash(key: &str, hash: &str) -> Result<(), ConfigError> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "must be the 64 hex digits of the token's SHA-256 (not the token itself)",
+        ))
     }
 }
 
@@ -992,6 +1168,50 @@ impl Config {
             "server.max_concurrent_requests",
             self.server.max_concurrent_requests.into(),
         )?;
+        if self.server.max_message_size.0 < 1024 || self.server.max_message_size.0 > 1 << 30 {
+            return Err(invalid(
+                "server.max_message_size",
+                "must be between 1KB and 1GB",
+            ));
+        }
+        let tls = &self.server.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            return Err(invalid(
+                "server.tls.key",
+                "server.tls.cert and server.tls.key must be set together",
+            ));
+        }
+        if !tls.enabled() && !tls.client_ca.is_empty() {
+            return Err(invalid(
+                "server.tls.client_ca",
+                "mutual TLS needs server.tls.cert and server.tls.key",
+            ));
+        }
+        if tls.enabled() && tls.server_ca().is_empty() {
+            return Err(invalid(
+                "server.tls.ca",
+                "TLS is on: set the CA that verifies the other services (server.tls.ca or server.tls.client_ca)",
+            ));
+        }
+        for (key, path) in [
+            ("server.tls.cert", &tls.cert),
+            ("server.tls.key", &tls.key),
+            ("server.tls.client_ca", &tls.client_ca),
+            ("server.tls.ca", &tls.ca),
+        ] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                return Err(invalid(key, format!("file {path:?} does not exist")));
+            }
+        }
+        for (i, name) in tls.worker_names.iter().enumerate() {
+            if name.is_empty() {
+                return Err(invalid(
+                    &format!("server.tls.worker_names[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        self.admin.all_tokens()?;
         let s = &self.scheduler;
         if !(s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://")) {
             return Err(invalid(

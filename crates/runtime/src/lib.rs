@@ -8,14 +8,17 @@
 //! binding ports, the HTTP port, signals and the drain timeout — for one service (the
 //! service binaries) or for all four in one process (`data-processor`).
 
+pub mod auth;
 pub mod config;
 pub mod failpoint;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod report;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod worker;
 
 use std::future::Future;
@@ -212,6 +215,7 @@ pub async fn run_until_signal(
     services: Vec<(ServiceKind, RunFn)>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    grpc::use_client_tls(&cfg.server.tls)?;
     let handle = metrics::install();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::upkeep(handle.clone(), shutdown.clone()));

@@ -429,14 +429,12 @@ where
     S::Future: Send + 'static,
 {
     let heartbeats = spawn_heartbeats(&ctx, kind, source)?;
-    let (health, router) = crate::grpc::router(&ctx.config.server)?;
+    let (health, router) = crate::grpc::router(&ctx.config)?;
+    let incoming = crate::grpc::incoming(ctx.grpc_listener, &ctx.config)?;
     health.set_serving::<S>().await;
     router
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(ctx.grpc_listener),
-            ctx.shutdown.clone().cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned())
         .await?;
     heartbeats.abort();
     Ok(())

@@ -100,6 +100,8 @@ pub fn file_to_pb(f: &FileMeta) -> pb::FileMeta {
 
 /// Validates and converts a file reported by a worker.
 pub fn file_from_pb(f: &pb::FileMeta) -> Result<FileMeta, Status> {
+    runtime::limits::check_key(&format!("file {} smallest_key", f.file_id), &f.smallest_key)?;
+    runtime::limits::check_key(&format!("file {} largest_key", f.file_id), &f.largest_key)?;
     if f.smallest_key > f.largest_key {
         return Err(Status::invalid_argument(format!(
             "file {}: smallest_key sorts after largest_key",
@@ -318,6 +320,16 @@ pub fn outcome_from_pb(o: Option<pb::complete_task_request::Outcome>) -> Result<
                     (Vec::new(), Vec::new(), None, false)
                 }
             };
+            runtime::limits::check_list(
+                "result.files",
+                files.len(),
+                runtime::limits::MAX_LIST_LEN,
+            )?;
+            runtime::limits::check_list(
+                "result.consumed_inputs",
+                consumed_inputs.len(),
+                runtime::limits::MAX_LIST_LEN,
+            )?;
             Ok(Outcome::Success {
                 files: files.iter().map(file_from_pb).collect::<Result<_, _>>()?,
                 consumed_inputs,

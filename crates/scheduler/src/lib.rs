@@ -24,7 +24,6 @@ use std::sync::Arc;
 use proto::v1::admin_server::AdminServer;
 use proto::v1::scheduler_server::SchedulerServer;
 use runtime::ServiceContext;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::{SchedulerState, strategy_with};
 
@@ -82,7 +81,8 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
         })
     };
     tokio::spawn(cleanup::cleanup_loop(state.clone(), ctx.shutdown.clone()));
-    let (health, router) = runtime::grpc::router(&ctx.config.server)?;
+    let (health, router) = runtime::grpc::router(&ctx.config)?;
+    let incoming = runtime::grpc::incoming(ctx.grpc_listener, &ctx.config)?;
     health
         .set_serving::<SchedulerServer<service::SchedulerApi>>()
         .await;
@@ -90,13 +90,17 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     ctx.readiness.set(true);
     tracing::info!(address = %ctx.advertised_address, "scheduler serving");
     let shutdown = stop.clone();
+    let max_message = ctx.config.server.max_message_size.as_u64() as usize;
     let served = router
-        .add_service(SchedulerServer::new(service::SchedulerApi(state.clone())))
-        .add_service(AdminServer::new(service::AdminApi(state.clone())))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(ctx.grpc_listener),
-            shutdown.cancelled_owned(),
+        .add_service(
+            SchedulerServer::new(service::SchedulerApi(state.clone()))
+                .max_decoding_message_size(max_message),
         )
+        .add_service(
+            AdminServer::new(service::AdminApi(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     dispatcher_abort.abort();
     let dispatch_failure = match watch.await {

@@ -96,12 +96,26 @@ ports in the file, the Services and the probes cannot disagree.
 {{- else }}
 {{- $storage = dict "url" "file:///var/lib/data-processor/storage" }}
 {{- end }}
+{{- if $v.tls.enabled }}
+{{- $tls := dict
+  "cert" "/etc/data-processor/tls/tls.crt"
+  "key" "/etc/data-processor/tls/tls.key"
+  "ca" "/etc/data-processor/tls/ca.crt"
+  "server_name" $v.tls.serviceName
+  "worker_names" (list $v.tls.serviceName)
+}}
+{{- if $v.tls.mutual }}{{ $_ := set $tls "client_ca" "/etc/data-processor/tls/ca.crt" }}{{ end }}
+{{- $_ := set $server "tls" $tls }}
+{{- end }}
 {{- $owned := dict
   "server" $server
   "storage" $storage
   "catalog" (dict "path" "/var/lib/data-processor/catalog")
   "scheduler" (dict "endpoint" (printf "http://%s:%v" (include "data-processor.schedulerService" .) $v.scheduler.ports.grpc))
 }}
+{{- if $v.adminTokens.existingSecret }}
+{{- $_ := set $owned "admin" (dict "tokens_file" (printf "/etc/data-processor/admin/%s" $v.adminTokens.key)) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy $v.config) $owned) }}
 {{- end }}
 
@@ -129,9 +143,35 @@ the credentials from the Secret. Call with (dict "root" $ "component" "flusher")
 {{- end }}
 {{- end }}
 
-{{/* Probes of one component: native gRPC Health on its gRPC port. */}}
+{{/* The Secret with the services' certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "data-processor.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "data-processor.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/*
+Probes of one component: native gRPC Health on its gRPC port; with TLS on, the kubelet's
+gRPC probe cannot speak TLS, so the HTTP port's /health and /ready answer instead.
+*/}}
 {{- define "data-processor.probes" -}}
 {{- $p := .root.Values.probes -}}
+{{- if .root.Values.tls.enabled }}
+livenessProbe:
+  httpGet:
+    path: /health
+    port: http
+  initialDelaySeconds: {{ $p.liveness.initialDelaySeconds }}
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /ready
+    port: http
+  initialDelaySeconds: {{ $p.readiness.initialDelaySeconds }}
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+{{- else }}
 livenessProbe:
   grpc:
     port: {{ .port }}
@@ -147,6 +187,7 @@ readinessProbe:
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level fields every component shares. Call with (dict "root" $ "values" .Values.flusher). */}}
@@ -185,6 +226,16 @@ tolerations:
   persistentVolumeClaim:
     claimName: {{ include "data-processor.storageClaimName" . }}
 {{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "data-processor.tlsSecretName" . }}
+{{- end }}
+{{- if .Values.adminTokens.existingSecret }}
+- name: admin-tokens
+  secret:
+    secretName: {{ .Values.adminTokens.existingSecret }}
+{{- end }}
 {{- end }}
 
 {{- define "data-processor.volumeMounts" -}}
@@ -196,5 +247,15 @@ tolerations:
 {{- if eq .Values.storage.type "shared" }}
 - name: storage
   mountPath: /var/lib/data-processor/storage
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/data-processor/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.adminTokens.existingSecret }}
+- name: admin-tokens
+  mountPath: /etc/data-processor/admin
+  readOnly: true
 {{- end }}
 {{- end }}
