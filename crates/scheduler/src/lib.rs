@@ -24,7 +24,20 @@ use proto::v1::scheduler_server::SchedulerServer;
 use runtime::ServiceContext;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use service::{SchedulerState, strategy_with};
+pub use service::{
+    AdminApi, Clock, CommitMode, SchedulerApi, SchedulerParts, SchedulerState, SystemClock,
+    TcpConnector, WorkerConnector, dispatch_loop, strategy_with,
+};
+
+/// The scheduler's two gRPC services (worker-facing and admin) over `state`.
+pub fn services(
+    state: &Arc<SchedulerState>,
+) -> (SchedulerServer<SchedulerApi>, AdminServer<AdminApi>) {
+    (
+        SchedulerServer::new(SchedulerApi(state.clone())),
+        AdminServer::new(AdminApi(state.clone())),
+    )
+}
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
@@ -62,9 +75,10 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     ctx.readiness.set(true);
     tracing::info!(address = %ctx.advertised_address, "scheduler serving");
     let shutdown = ctx.shutdown.clone();
+    let (scheduler, admin) = services(&state);
     let served = router
-        .add_service(SchedulerServer::new(service::SchedulerApi(state.clone())))
-        .add_service(AdminServer::new(service::AdminApi(state.clone())))
+        .add_service(scheduler)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(ctx.grpc_listener),
             shutdown.cancelled_owned(),
