@@ -1190,9 +1190,12 @@ impl Core {
         }
         let mut out = Vec::new();
         for (_, id) in ready {
+            // Still pending: a replay dispatched earlier in this round cancels its table's
+            // flushes, and a cancelled task must not come back to life.
             let Some((kind, avoid)) = self
                 .tasks
                 .get(&id)
+                .filter(|t| t.state == TaskState::Pending)
                 .map(|t| (t.kind(), t.attempts.last().map(|a| a.worker_id)))
             else {
                 continue;

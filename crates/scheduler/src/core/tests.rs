@@ -913,3 +913,36 @@ fn a_long_chain_of_out_of_order_flushes_commits_in_order_without_recursion() {
             .all(|id| c.task(*id).map(|t| t.state) == Some(TaskState::Succeeded))
     );
 }
+
+#[test]
+fn a_flush_cancelled_by_a_replay_dispatched_in_the_same_round_is_not_dispatched() {
+    let mut config = cfg();
+    config.assign_replays = true;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("t");
+    let r1 = c
+        .register_worker("replayer", "r1", "r1:1", 4, "v", T0)
+        .expect("r1");
+    let replay = c.tick(T0)[0].task_id;
+    c.heartbeat(r1, &[], T0 + 19_900);
+    // Its replayer asks for a flush long after the replay task was queued: with aging, the
+    // replay's retry now comes first in a dispatch round.
+    let (task, attempt, _) = c.replay_owner("t").expect("owner");
+    c.check_flush_request("t", task, attempt).expect("owner");
+    let fl = c
+        .submit(chained_flush(1, 0, 10), 100, T0 + 20_000)
+        .expect("flush");
+    // The replayer dies; its replay is retried once a replayer and a flusher are there.
+    assert!(c.tick(T0 + 21_000).is_empty());
+    c.register_worker("replayer", "r2", "r2:1", 4, "v", T0 + 22_000)
+        .expect("r2");
+    c.register_worker("flusher", "f", "f:1", 4, "v", T0 + 22_000)
+        .expect("f");
+    let d = c.tick(T0 + 22_000);
+    // The new replay cancels the old replayer's flush (its memtable is gone) ...
+    assert_eq!(c.task(fl).map(|t| t.state), Some(TaskState::Cancelled));
+    // ... and the same round must not dispatch it anyway (found by the simulation: the
+    // cancelled flush came back to life as Running, then Pending, and never finished).
+    assert!(d.iter().any(|x| x.task_id == replay), "{d:?}");
+    assert!(d.iter().all(|x| x.task_id != fl), "{d:?}");
+}
