@@ -800,7 +800,7 @@ impl Core {
         if let Some(limit) = self.cfg.max_running.get(&kind) {
             let running = self
                 .live_tasks()
-                .filter(|x| x.state == TaskState::Running && x.kind() == kind)
+                .filter(|x| holds_slot(x) && x.kind() == kind)
                 .count();
             if running >= *limit {
                 return format!("cluster limit: {running}/{limit} {} running", kind.label());
@@ -1185,7 +1185,7 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
+        for t in self.live_tasks().filter(|t| holds_slot(t)) {
             *running.entry(t.kind()).or_default() += 1;
         }
         let mut out = Vec::new();
@@ -1301,11 +1301,7 @@ impl Core {
             *running.entry(kind).or_default() += 1;
             out.push(dispatch);
             for id in stale_flushes {
-                if self
-                    .tasks
-                    .get(&id)
-                    .is_some_and(|t| t.state == TaskState::Running)
-                {
+                if self.tasks.get(&id).is_some_and(holds_slot) {
                     *running.entry(TaskKind::MemtableFlush).or_default() -= 1;
                 }
                 let _ = self.cancel(id, now_ms);
@@ -1703,6 +1699,14 @@ impl Core {
 }
 
 /// The worker kind that runs a task kind.
+/// Whether a task counts against its kind's cluster limit: running on a worker. A staged
+/// flush has finished its work and only waits for its predecessor to commit; counting it
+/// would let staged flushes fill `max_concurrent_flushes` while the predecessor they wait
+/// for cannot run (a deadlock).
+fn holds_slot(t: &TaskRecord) -> bool {
+    t.state == TaskState::Running && t.staged_files.is_none()
+}
+
 pub fn worker_kind(kind: TaskKind) -> &'static str {
     match kind {
         TaskKind::WalReplay => "replayer",

@@ -946,3 +946,40 @@ fn a_flush_cancelled_by_a_replay_dispatched_in_the_same_round_is_not_dispatched(
     assert!(d.iter().any(|x| x.task_id == replay), "{d:?}");
     assert!(d.iter().all(|x| x.task_id != fl), "{d:?}");
 }
+
+#[test]
+fn staged_flushes_hold_no_cluster_slot_so_their_predecessor_still_runs() {
+    let mut config = cfg();
+    config.max_running.insert(TaskKind::MemtableFlush, 1);
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("table");
+    c.register_worker("flusher", "a", "a:1", 4, "v", T0)
+        .expect("a");
+    // The later memtable's flush is queued (and dispatched) first.
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let d = c.tick(T0);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [second]);
+    c.complete(
+        second,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "m", 20)]),
+        T0 + 10,
+    )
+    .expect("staged");
+    // Staged, it waits for the first; the first must run although the limit is 1 (found by
+    // the simulation: staged flushes filled max_concurrent_flushes and their predecessor
+    // never ran again, a deadlock).
+    let d = c.tick(T0 + 20);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [first]);
+    let waiting = c.task(second).expect("second");
+    assert!(c.waiting_reason(waiting, T0 + 20).is_empty());
+    c.complete(
+        first,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "z", 10)]),
+        T0 + 30,
+    )
+    .expect("commit");
+    assert_eq!(c.manifest("t").map(|m| m.checkpoint), Some(20));
+}
