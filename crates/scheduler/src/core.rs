@@ -310,7 +310,12 @@ impl Core {
                     core.staged.insert((table.clone(), *after_seq), id);
                 }
             }
-            if state == TaskState::Running {
+            // A staged flush has finished its work: no progress to watch, no worker slot.
+            let staged = core
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.staged_files.is_some());
+            if state == TaskState::Running && !staged {
                 core.progress.insert(
                     (id, attempt),
                     ProgressMark {

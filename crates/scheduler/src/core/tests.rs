@@ -983,3 +983,37 @@ fn staged_flushes_hold_no_cluster_slot_so_their_predecessor_still_runs() {
     .expect("commit");
     assert_eq!(c.manifest("t").map(|m| m.checkpoint), Some(20));
 }
+
+#[test]
+fn after_a_restart_staged_flushes_occupy_no_worker_slot() {
+    let disk = catalog::MemCatalog::new();
+    let mut c = Core::new(cfg());
+    c.create_table("t", vec![], T0).expect("table");
+    let w = c
+        .register_worker("flusher", "a", "a:1", 1, "v", T0)
+        .expect("a");
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let d = c.tick(T0);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [second]);
+    c.complete(
+        second,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "m", 20)]),
+        T0 + 10,
+    )
+    .expect("staged");
+    catalog::CatalogStore::write_many(&disk, vec![c.take_batch()]).expect("persist");
+    // The scheduler restarts: the staged flush is loaded as running, but holds no slot of
+    // its worker, so the first flush still gets one (found by the simulation: after a
+    // scheduler crash, staged flushes filled every flusher's slots and the flush they
+    // waited for was never dispatched again).
+    let mut r = Core::from_snapshot(
+        cfg(),
+        catalog::CatalogStore::load(&disk).expect("load"),
+        T0 + 20,
+    );
+    r.heartbeat(w, &[], T0 + 30);
+    let d = r.tick(T0 + 30);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [first]);
+}
