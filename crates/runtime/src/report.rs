@@ -39,7 +39,8 @@ enum Next {
     Stop,
 }
 
-/// Transient: the scheduler is down, restarting, shedding load, or the call timed out.
+/// Transient: the scheduler is down, restarting, shedding load, the call timed out, or its
+/// connection broke under it (CANCELLED: the scheduler never answers that itself).
 /// Anything else is the scheduler's answer (FAILED_PRECONDITION for a stale attempt,
 /// NOT_FOUND for a forgotten task, INVALID_ARGUMENT for a bad report).
 fn after_failure(code: tonic::Code) -> Next {
@@ -47,6 +48,7 @@ fn after_failure(code: tonic::Code) -> Next {
         tonic::Code::Unavailable
         | tonic::Code::DeadlineExceeded
         | tonic::Code::ResourceExhausted
+        | tonic::Code::Cancelled
         | tonic::Code::Unknown => Next::Retry,
         _ => Next::Stop,
     }
@@ -137,6 +139,8 @@ mod tests {
             Code::DeadlineExceeded,
             Code::ResourceExhausted,
             Code::Unknown,
+            // A connection that broke under the call (seen in the network simulation).
+            Code::Cancelled,
         ] {
             assert_eq!(after_failure(code), Next::Retry, "{code:?}");
         }
