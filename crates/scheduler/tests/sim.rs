@@ -376,9 +376,18 @@ impl WorkerCtx {
         let ctx = self.clone();
         tokio::spawn(async move {
             let (task_id, attempt) = guard.key();
+            // Half the attempts honour a cancellation; the others are zombies that finish
+            // and report anyway (a cancellation that arrives too late, a worker cut off
+            // from the scheduler): fencing must refuse what they report.
+            let zombie = ctx.work_time(task_id, attempt, 0, 1) == Duration::from_millis(1);
+            let cancel = if zombie {
+                CancellationToken::new()
+            } else {
+                guard.cancel.clone()
+            };
             tokio::select! {
                 biased;
-                _ = guard.cancel.cancelled() => {
+                _ = cancel.cancelled() => {
                     ctx.ghost.event(format!("{} cancelled task {task_id} attempt {attempt}", ctx.name));
                     return;
                 }
@@ -393,7 +402,7 @@ impl WorkerCtx {
                 })),
             };
             let client = pb::scheduler_client::SchedulerClient::new(ctx.scheduler.clone());
-            let reported = runtime::report::complete_task(client, request, &guard.cancel).await;
+            let reported = runtime::report::complete_task(client, request, &cancel).await;
             let label = match &reported {
                 runtime::report::Reported::Accepted => {
                     ctx.ghost.lock().accepted += 1;
@@ -464,7 +473,7 @@ impl pb::flusher_server::Flusher for FakeFlusher {
         let memtable = spec.first_seq / CHUNK;
         self.0.wrote(id, task, attempt, BTreeSet::from([memtable]));
         let meta = file(id, 4 << 20, spec.first_seq, spec.last_seq, CHUNK);
-        let delay = self.0.work_time(task, attempt, 100, 900);
+        let delay = self.0.work_time(task, attempt, 200, 3_000);
         self.0.finish(
             guard,
             delay,
@@ -513,7 +522,7 @@ impl pb::compactor_server::Compactor for FakeCompactor {
         let last = inputs.iter().map(|f| f.largest_seq).max().unwrap_or(0);
         let size = inputs.iter().map(|f| f.size_bytes).sum();
         let entries = inputs.iter().map(|f| f.entry_count).sum();
-        let delay = self.0.work_time(task, attempt, 200, 1500);
+        let delay = self.0.work_time(task, attempt, 500, 5_000);
         self.0.finish(
             guard,
             delay,
@@ -1195,8 +1204,8 @@ fn network_faults_lose_no_work_and_accept_no_stale_commit() {
         started.elapsed().as_secs_f64(),
     ));
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
-    if std::env::var("DP_SIM_SEED").is_err() {
-        assert!(seeds.len() as u64 >= 64);
+    if std::env::var("DP_SIM_SEED").is_err() && std::env::var("DP_SIM_SEEDS").is_err() {
+        assert!(seeds.len() as u64 >= SEEDS);
         assert!(fault_points >= 320, "only {fault_points} fault points");
     }
     let crashes = total.faults.get("scheduler crash").copied().unwrap_or(0)
