@@ -183,7 +183,11 @@ struct Committer {
     work: Condvar,
     /// Wakes the committer task ([`CommitMode::Task`]).
     work_task: Notify,
-    durable: tokio::sync::watch::Sender<u64>,
+    /// The highest durable sequence number, and its waiters. (Not a `watch` channel: its
+    /// waiters wake in an order drawn from tokio's unseeded RNG, and a simulated run must
+    /// replay exactly.)
+    durable: std::sync::atomic::AtomicU64,
+    durable_changed: Notify,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -201,7 +205,8 @@ impl Committer {
             queue: Mutex::new(CommitQueue::default()),
             work: Condvar::new(),
             work_task: Notify::new(),
-            durable: tokio::sync::watch::Sender::new(0),
+            durable: std::sync::atomic::AtomicU64::new(0),
+            durable_changed: Notify::new(),
             thread: Mutex::new(None),
         });
         let c = committer.clone();
@@ -261,7 +266,9 @@ impl Committer {
             eprintln!("error: catalog write failed: {e}; stopping");
             std::process::exit(70);
         }
-        self.durable.send_replace(last);
+        self.durable
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        self.durable_changed.notify_waiters();
     }
 
     /// Queues a batch; returns the sequence number to wait for (the last one queued when
@@ -285,9 +292,16 @@ impl Committer {
     }
 
     async fn wait_durable(&self, seq: u64) {
-        let mut rx = self.durable.subscribe();
-        // The sender lives as long as `self`.
-        let _ = rx.wait_for(|d| *d >= seq).await;
+        loop {
+            // Registered before the check, so a write that lands in between still wakes us.
+            let notified = self.durable_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable.load(std::sync::atomic::Ordering::Acquire) >= seq {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn stop(&self) {
