@@ -86,9 +86,11 @@ pub async fn complete_task(
             error = %status.message(),
             "CompleteTask failed; retrying"
         );
+        // Biased (a cancellation wins a tie): the same outcome on every run of a simulation.
         tokio::select! {
-            _ = tokio::time::sleep(backoff(try_index)) => {}
+            biased;
             _ = cancel.cancelled() => return Reported::Cancelled,
+            _ = tokio::time::sleep(backoff(try_index)) => {}
         }
         try_index += 1;
     }
