@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := /tmp/.data-processor-apt-updated
 
-.PHONY: run build release test lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
+.PHONY: run build release test sim lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
 
 # Every build uses the whole workspace with all targets, so cargo resolves the same
 # features each time: RocksDB's build script (bindgen) shares host dependencies with
@@ -35,6 +35,14 @@ test: deps test-tools deploy-tools
 	$(BUILD)
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory deploy-check
+
+## sim: the deterministic network simulation of the scheduler and its workers (turmoil,
+## part of `make test`): SIM_SEEDS seeds (default 64) of crashes, partitions, message loss
+## and latency, with the oracles' figures at the end; SIM_SEED=n reruns one failing seed.
+## See docs/simulation.md.
+SIM_SEEDS ?= 64
+sim: deps
+	DP_SIM_SEEDS=$(SIM_SEEDS) $(if $(SIM_SEED),DP_SIM_SEED=$(SIM_SEED),) $(CARGO) test -p scheduler --test sim
 
 ## lint: formatting check and clippy with warnings denied
 lint: deps

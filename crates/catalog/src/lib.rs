@@ -10,6 +10,7 @@
 //! Records are JSON (small, few, and readable with `ldb` when debugging); keys are a
 //! one-byte-kind prefix plus the record's id.
 
+mod mem;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use mem::MemCatalog;
 pub use model::*;
 
 /// A catalog failure.
@@ -200,66 +202,97 @@ impl Catalog {
 
     /// Loads every record.
     pub fn load(&self) -> Result<CatalogSnapshot, CatalogError> {
-        let mut snap = CatalogSnapshot::default();
+        let mut records = Vec::new();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(CatalogError::Read)?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            let (prefix, id) = match k.split_first() {
-                Some((p, rest)) if rest.first() == Some(&b'/') => (*p, &rest[1..]),
-                _ => {
-                    return Err(CatalogError::Corrupt {
-                        key: name,
-                        reason: "unknown key layout".into(),
-                    });
-                }
-            };
-            match prefix {
-                TABLE => {
-                    let t: TableRecord = decode(&name, &v)?;
-                    snap.tables.insert(t.name.clone(), t);
-                }
-                MANIFEST => {
-                    let m: ManifestRecord = decode(&name, &v)?;
-                    snap.manifests.insert(m.table.clone(), m);
-                }
-                TASK => {
-                    let t: TaskRecord = decode(&name, &v)?;
-                    snap.tasks.insert(t.id, t);
-                }
-                WORKER => {
-                    let w: WorkerRecord = decode(&name, &v)?;
-                    snap.workers.insert(w.id, w);
-                }
-                QUARANTINE => {
-                    let q: QuarantineRecord = decode(&name, &v)?;
-                    snap.quarantined.insert(q.file_id, q);
-                }
-                STATS => {
-                    let s: serde_json::Value = decode(&name, &v)?;
-                    snap.stats
-                        .insert(String::from_utf8_lossy(id).into_owned(), s);
-                }
-                COUNTER => {
-                    let bytes: [u8; 8] =
-                        v.as_ref().try_into().map_err(|_| CatalogError::Corrupt {
-                            key: name.clone(),
-                            reason: format!("counter of {} bytes", v.len()),
-                        })?;
-                    snap.counters.insert(
-                        String::from_utf8_lossy(id).into_owned(),
-                        u64::from_be_bytes(bytes),
-                    );
-                }
-                _ => {
-                    return Err(CatalogError::Corrupt {
-                        key: name,
-                        reason: "unknown record kind".into(),
-                    });
-                }
+            records.push((k.into_vec(), v.into_vec()));
+        }
+        snapshot_of(records)
+    }
+}
+
+/// What the scheduler needs of a durable catalog: atomic, durable, ordered group writes
+/// and a full load at start. [`Catalog`] (RocksDB) in production; [`MemCatalog`], a model
+/// of the durable disk, in deterministic simulation.
+pub trait CatalogStore: Send + 'static {
+    /// Persists the batches, in order, as one atomic durable write.
+    fn write_many(&self, batches: Vec<CatalogBatch>) -> Result<(), CatalogError>;
+    /// Loads every record.
+    fn load(&self) -> Result<CatalogSnapshot, CatalogError>;
+}
+
+impl CatalogStore for Catalog {
+    fn write_many(&self, batches: Vec<CatalogBatch>) -> Result<(), CatalogError> {
+        Catalog::write_many(self, batches)
+    }
+
+    fn load(&self) -> Result<CatalogSnapshot, CatalogError> {
+        Catalog::load(self)
+    }
+}
+
+/// Decodes the catalog's records (key, value), in key order, into a snapshot.
+fn snapshot_of(
+    records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> Result<CatalogSnapshot, CatalogError> {
+    let mut snap = CatalogSnapshot::default();
+    for (k, v) in records {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let (prefix, id) = match k.split_first() {
+            Some((p, rest)) if rest.first() == Some(&b'/') => (*p, &rest[1..]),
+            _ => {
+                return Err(CatalogError::Corrupt {
+                    key: name,
+                    reason: "unknown key layout".into(),
+                });
+            }
+        };
+        match prefix {
+            TABLE => {
+                let t: TableRecord = decode(&name, &v)?;
+                snap.tables.insert(t.name.clone(), t);
+            }
+            MANIFEST => {
+                let m: ManifestRecord = decode(&name, &v)?;
+                snap.manifests.insert(m.table.clone(), m);
+            }
+            TASK => {
+                let t: TaskRecord = decode(&name, &v)?;
+                snap.tasks.insert(t.id, t);
+            }
+            WORKER => {
+                let w: WorkerRecord = decode(&name, &v)?;
+                snap.workers.insert(w.id, w);
+            }
+            QUARANTINE => {
+                let q: QuarantineRecord = decode(&name, &v)?;
+                snap.quarantined.insert(q.file_id, q);
+            }
+            STATS => {
+                let s: serde_json::Value = decode(&name, &v)?;
+                snap.stats
+                    .insert(String::from_utf8_lossy(id).into_owned(), s);
+            }
+            COUNTER => {
+                let bytes: [u8; 8] =
+                    v.as_slice().try_into().map_err(|_| CatalogError::Corrupt {
+                        key: name.clone(),
+                        reason: format!("counter of {} bytes", v.len()),
+                    })?;
+                snap.counters.insert(
+                    String::from_utf8_lossy(id).into_owned(),
+                    u64::from_be_bytes(bytes),
+                );
+            }
+            _ => {
+                return Err(CatalogError::Corrupt {
+                    key: name,
+                    reason: "unknown record kind".into(),
+                });
             }
         }
-        Ok(snap)
     }
+    Ok(snap)
 }
 
 fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, CatalogError> {

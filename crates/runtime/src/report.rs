@@ -39,7 +39,8 @@ enum Next {
     Stop,
 }
 
-/// Transient: the scheduler is down, restarting, shedding load, or the call timed out.
+/// Transient: the scheduler is down, restarting, shedding load, the call timed out, or its
+/// connection broke under it (CANCELLED: the scheduler never answers that itself).
 /// Anything else is the scheduler's answer (FAILED_PRECONDITION for a stale attempt,
 /// NOT_FOUND for a forgotten task, INVALID_ARGUMENT for a bad report).
 fn after_failure(code: tonic::Code) -> Next {
@@ -47,6 +48,7 @@ fn after_failure(code: tonic::Code) -> Next {
         tonic::Code::Unavailable
         | tonic::Code::DeadlineExceeded
         | tonic::Code::ResourceExhausted
+        | tonic::Code::Cancelled
         | tonic::Code::Unknown => Next::Retry,
         _ => Next::Stop,
     }
@@ -84,9 +86,11 @@ pub async fn complete_task(
             error = %status.message(),
             "CompleteTask failed; retrying"
         );
+        // Biased (a cancellation wins a tie): the same outcome on every run of a simulation.
         tokio::select! {
-            _ = tokio::time::sleep(backoff(try_index)) => {}
+            biased;
             _ = cancel.cancelled() => return Reported::Cancelled,
+            _ = tokio::time::sleep(backoff(try_index)) => {}
         }
         try_index += 1;
     }
@@ -137,6 +141,8 @@ mod tests {
             Code::DeadlineExceeded,
             Code::ResourceExhausted,
             Code::Unknown,
+            // A connection that broke under the call (seen in the network simulation).
+            Code::Cancelled,
         ] {
             assert_eq!(after_failure(code), Next::Retry, "{code:?}");
         }

@@ -130,9 +130,11 @@ pub async fn run_heartbeats(
 }
 
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    // Biased: the same branch wins a tie on every run of a simulation.
     tokio::select! {
-        _ = tokio::time::sleep(d) => {}
+        biased;
         _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
     }
 }
 

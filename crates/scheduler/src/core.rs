@@ -342,7 +342,12 @@ impl Core {
                     core.staged.insert((table.clone(), *after_seq), id);
                 }
             }
-            if state == TaskState::Running {
+            // A staged flush has finished its work: no progress to watch, no worker slot.
+            let staged = core
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.staged_files.is_some());
+            if state == TaskState::Running && !staged {
                 core.progress.insert(
                     (id, attempt),
                     ProgressMark {
@@ -904,9 +909,7 @@ impl Core {
         if let Some(limit) = self.cfg.max_running.get(&kind) {
             let running = self
                 .live_tasks()
-                .filter(|x| {
-                    x.state == TaskState::Running && x.kind() == kind && x.staged_files.is_none()
-                })
+                .filter(|x| holds_slot(x) && x.kind() == kind)
                 .count();
             if running >= *limit {
                 return format!("cluster limit: {running}/{limit} {} running", kind.label());
@@ -1487,14 +1490,7 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        // A staged flush has finished its work and only waits for an earlier flush to
-        // commit: counting it would let staged flushes fill `max_concurrent_flushes`
-        // while the earlier flush they wait for (retried after a failure) can never be
-        // dispatched — a deadlock the storage-fault test found.
-        for t in self
-            .live_tasks()
-            .filter(|t| t.state == TaskState::Running && t.staged_files.is_none())
-        {
+        for t in self.live_tasks().filter(|t| holds_slot(t)) {
             *running.entry(t.kind()).or_default() += 1;
         }
         let deferred = self.deferral(now_ms).is_some();
@@ -1621,11 +1617,7 @@ impl Core {
             *running.entry(kind).or_default() += 1;
             out.push(dispatch);
             for id in stale_flushes {
-                if self
-                    .tasks
-                    .get(&id)
-                    .is_some_and(|t| t.state == TaskState::Running && t.staged_files.is_none())
-                {
+                if self.tasks.get(&id).is_some_and(holds_slot) {
                     let n = running.entry(TaskKind::MemtableFlush).or_default();
                     *n = n.saturating_sub(1);
                 }
@@ -2083,6 +2075,14 @@ impl Core {
 }
 
 /// The worker kind that runs a task kind.
+/// Whether a task counts against its kind's cluster limit: running on a worker. A staged
+/// flush has finished its work and only waits for its predecessor to commit; counting it
+/// would let staged flushes fill `max_concurrent_flushes` while the predecessor they wait
+/// for cannot run (a deadlock).
+fn holds_slot(t: &TaskRecord) -> bool {
+    t.state == TaskState::Running && t.staged_files.is_none()
+}
+
 pub fn worker_kind(kind: TaskKind) -> &'static str {
     match kind {
         TaskKind::WalReplay => "replayer",

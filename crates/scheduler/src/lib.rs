@@ -25,7 +25,20 @@ use proto::v1::admin_server::AdminServer;
 use proto::v1::scheduler_server::SchedulerServer;
 use runtime::ServiceContext;
 
-pub use service::{SchedulerState, strategy_with};
+pub use service::{
+    AdminApi, Clock, CommitMode, SchedulerApi, SchedulerParts, SchedulerState, SystemClock,
+    TcpConnector, WorkerConnector, dispatch_loop, strategy_with,
+};
+
+/// The scheduler's two gRPC services (worker-facing and admin) over `state`.
+pub fn services(
+    state: &Arc<SchedulerState>,
+) -> (SchedulerServer<SchedulerApi>, AdminServer<AdminApi>) {
+    (
+        SchedulerServer::new(SchedulerApi(state.clone())),
+        AdminServer::new(AdminApi(state.clone())),
+    )
+}
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
@@ -91,15 +104,10 @@ pub async fn run(ctx: ServiceContext) -> anyhow::Result<()> {
     tracing::info!(address = %ctx.advertised_address, "scheduler serving");
     let shutdown = stop.clone();
     let max_message = ctx.config.server.max_message_size.as_u64() as usize;
+    let (scheduler, admin) = services(&state);
     let served = router
-        .add_service(
-            SchedulerServer::new(service::SchedulerApi(state.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            AdminServer::new(service::AdminApi(state.clone()))
-                .max_decoding_message_size(max_message),
-        )
+        .add_service(scheduler.max_decoding_message_size(max_message))
+        .add_service(admin.max_decoding_message_size(max_message))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     dispatcher_abort.abort();

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use catalog::{Catalog, CatalogBatch, ColumnDef, TaskKind, TaskSpec, TaskState};
+use catalog::{Catalog, CatalogBatch, CatalogStore, ColumnDef, TaskKind, TaskSpec, TaskState};
 use proto::v1 as pb;
 use runtime::ServiceContext;
 use runtime::config::Config;
@@ -125,15 +125,78 @@ pub fn strategy_with(
     }
 }
 
-/// Group commit on a dedicated thread: changes are queued in the order the core made them
-/// (under the core's lock); the committer thread writes everything queued as one synced
-/// catalog write and publishes the highest durable sequence number; requests `await` it
-/// without blocking a runtime thread. One fsync covers every request that arrived while
-/// the previous one ran.
+/// Where the scheduler's time comes from: the system clock in production, simulated time
+/// in deterministic simulation (lease expiry, backoff and every timestamp the core records
+/// then replay exactly).
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock ([`runtime::now_ms`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// How the scheduler reaches a worker at an advertised address: a lazily connecting
+/// channel with timeouts and HTTP/2 keepalive. In production a TCP channel
+/// ([`TcpConnector`]); in simulation, one over the simulated network.
+pub trait WorkerConnector: Send + Sync + 'static {
+    fn connect(&self, address: &str, request_timeout: Duration) -> Result<TracedChannel, String>;
+}
+
+/// Channels over TCP ([`runtime::grpc::connect_lazy`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnector;
+
+impl WorkerConnector for TcpConnector {
+    fn connect(&self, address: &str, request_timeout: Duration) -> Result<TracedChannel, String> {
+        connect_lazy(&endpoint_url(address), request_timeout).map_err(|e| e.to_string())
+    }
+}
+
+/// Where the committer writes from.
+pub enum CommitMode {
+    /// A dedicated thread (production: a RocksDB write blocks for its fsync).
+    Thread,
+    /// A task on the current tokio runtime, each write after `write_delay` (simulation:
+    /// everything on the host's runtime, so a seed replays exactly, and a crash during the
+    /// delay loses what was not yet written, as a crash before an fsync would).
+    Task { write_delay: Duration },
+}
+
+/// What [`SchedulerState::with_parts`] builds the state from (tests and simulation inject
+/// their own catalog, clock and network).
+pub struct SchedulerParts {
+    pub config: Arc<Config>,
+    pub advertised_address: String,
+    pub store: Box<dyn CatalogStore>,
+    pub commit_mode: CommitMode,
+    pub clock: Arc<dyn Clock>,
+    pub connector: Arc<dyn WorkerConnector>,
+    pub storage: storage::Storage,
+}
+
+/// Group commit: changes are queued in the order the core made them (under the core's
+/// lock); the committer (a dedicated thread, or a task in simulation) writes everything
+/// queued as one durable catalog write and publishes the highest durable sequence number;
+/// requests `await` it without blocking a runtime thread. One fsync covers every request
+/// that arrived while the previous one ran.
 struct Committer {
     queue: Mutex<CommitQueue>,
     work: Condvar,
-    durable: tokio::sync::watch::Sender<u64>,
+    /// Wakes the committer task ([`CommitMode::Task`]).
+    work_task: Notify,
+    /// The highest durable sequence number, and its waiters. (Not a `watch` channel: its
+    /// waiters wake in an order drawn from tokio's unseeded RNG, and a simulated run must
+    /// replay exactly.)
+    durable: std::sync::atomic::AtomicU64,
+    durable_changed: Notify,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -145,23 +208,32 @@ struct CommitQueue {
 }
 
 impl Committer {
-    /// Starts the committer thread over `catalog`.
-    fn start(catalog: Catalog) -> std::io::Result<Arc<Self>> {
+    /// Starts the committer over `store`.
+    fn start(store: Box<dyn CatalogStore>, mode: CommitMode) -> std::io::Result<Arc<Self>> {
         let committer = Arc::new(Self {
             queue: Mutex::new(CommitQueue::default()),
             work: Condvar::new(),
-            durable: tokio::sync::watch::Sender::new(0),
+            work_task: Notify::new(),
+            durable: std::sync::atomic::AtomicU64::new(0),
+            durable_changed: Notify::new(),
             thread: Mutex::new(None),
         });
         let c = committer.clone();
-        let thread = std::thread::Builder::new()
-            .name("catalog-committer".into())
-            .spawn(move || c.run(catalog))?;
-        *committer.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        match mode {
+            CommitMode::Thread => {
+                let thread = std::thread::Builder::new()
+                    .name("catalog-committer".into())
+                    .spawn(move || c.run(store))?;
+                *committer.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+            }
+            CommitMode::Task { write_delay } => {
+                tokio::spawn(async move { c.run_task(store, write_delay).await });
+            }
+        }
         Ok(committer)
     }
 
-    fn run(&self, catalog: Catalog) {
+    fn run(&self, store: Box<dyn CatalogStore>) {
         loop {
             let (batches, last) = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,15 +245,39 @@ impl Committer {
                 }
                 (std::mem::take(&mut q.pending), q.last_seq)
             };
-            if let Err(e) = catalog.write_many(batches) {
-                // Fail-stop: nothing of these changes was acted on; a restart reloads the
-                // last durable state.
-                tracing::error!("catalog write failed: {e}; stopping");
-                eprintln!("error: catalog write failed: {e}; stopping");
-                std::process::exit(70);
-            }
-            self.durable.send_replace(last);
+            self.persist(store.as_ref(), batches, last);
         }
+    }
+
+    async fn run_task(&self, store: Box<dyn CatalogStore>, write_delay: Duration) {
+        loop {
+            let taken = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.pending.is_empty() && q.stopped {
+                    return;
+                }
+                (!q.pending.is_empty()).then(|| (std::mem::take(&mut q.pending), q.last_seq))
+            };
+            let Some((batches, last)) = taken else {
+                self.work_task.notified().await;
+                continue;
+            };
+            tokio::time::sleep(write_delay).await;
+            self.persist(store.as_ref(), batches, last);
+        }
+    }
+
+    fn persist(&self, store: &dyn CatalogStore, batches: Vec<CatalogBatch>, last: u64) {
+        if let Err(e) = store.write_many(batches) {
+            // Fail-stop: nothing of these changes was acted on; a restart reloads the
+            // last durable state.
+            tracing::error!("catalog write failed: {e}; stopping");
+            eprintln!("error: catalog write failed: {e}; stopping");
+            std::process::exit(70);
+        }
+        self.durable
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        self.durable_changed.notify_waiters();
     }
 
     /// Queues a batch; returns the sequence number to wait for (the last one queued when
@@ -192,6 +288,7 @@ impl Committer {
             q.last_seq += 1;
             q.pending.push(batch);
             self.work.notify_one();
+            self.work_task.notify_one();
         }
         q.last_seq
     }
@@ -204,14 +301,22 @@ impl Committer {
     }
 
     async fn wait_durable(&self, seq: u64) {
-        let mut rx = self.durable.subscribe();
-        // The sender lives as long as `self`.
-        let _ = rx.wait_for(|d| *d >= seq).await;
+        loop {
+            // Registered before the check, so a write that lands in between still wakes us.
+            let notified = self.durable_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable.load(std::sync::atomic::Ordering::Acquire) >= seq {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn stop(&self) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
         self.work.notify_all();
+        self.work_task.notify_one();
     }
 
     /// Stops after writing what is queued, and waits for the thread, which closes the
@@ -240,6 +345,8 @@ pub struct SchedulerState {
     started_at: std::time::Instant,
     core: Mutex<Core>,
     committer: Arc<Committer>,
+    clock: Arc<dyn Clock>,
+    connector: Arc<dyn WorkerConnector>,
     /// Wakes the dispatch loop when there may be work to hand out.
     wake: Notify,
     channels: Mutex<BTreeMap<String, TracedChannel>>,
@@ -272,19 +379,36 @@ impl SchedulerState {
         let path = std::path::Path::new(&ctx.config.catalog.path);
         std::fs::create_dir_all(path)
             .map_err(|e| anyhow::anyhow!("catalog.path {}: {e}", path.display()))?;
-        let catalog = Catalog::open(path)?;
-        let snapshot = catalog.load()?;
-        let core = Core::from_snapshot(core_config(&ctx.config), snapshot, now_ms());
-        Ok(Self {
-            strategy: strategy(&ctx.config),
+        let mut state = Self::with_parts(SchedulerParts {
             config: ctx.config.clone(),
             advertised_address: ctx.advertised_address.clone(),
-            started_at: ctx.started_at,
+            store: Box::new(Catalog::open(path)?),
+            commit_mode: CommitMode::Thread,
+            clock: Arc::new(SystemClock),
+            connector: Arc::new(TcpConnector),
+            storage: runtime::open_storage(&ctx.config)?,
+        })?;
+        state.started_at = ctx.started_at;
+        Ok(state)
+    }
+
+    /// Rebuilds the state from `parts.store` and starts its committer (in
+    /// [`CommitMode::Task`], inside a tokio runtime).
+    pub fn with_parts(parts: SchedulerParts) -> anyhow::Result<Self> {
+        let snapshot = parts.store.load()?;
+        let core = Core::from_snapshot(core_config(&parts.config), snapshot, parts.clock.now_ms());
+        Ok(Self {
+            strategy: strategy(&parts.config),
+            config: parts.config,
+            advertised_address: parts.advertised_address,
+            started_at: std::time::Instant::now(),
             core: Mutex::new(core),
-            committer: Committer::start(catalog)?,
+            committer: Committer::start(parts.store, parts.commit_mode)?,
+            clock: parts.clock,
+            connector: parts.connector,
             wake: Notify::new(),
             channels: Mutex::new(BTreeMap::new()),
-            storage: runtime::open_storage(&ctx.config)?,
+            storage: parts.storage,
         })
     }
 
@@ -297,7 +421,7 @@ impl SchedulerState {
     pub async fn mutate<R>(&self, f: impl FnOnce(&mut Core, i64) -> R) -> R {
         let (out, seq) = {
             let mut core = self.lock();
-            let out = f(&mut core, now_ms());
+            let out = f(&mut core, self.clock.now_ms());
             let batch = core.take_batch();
             // Enqueued under the core's lock: the commit order is the order of the changes.
             (out, self.committer.enqueue(batch))
@@ -311,7 +435,10 @@ impl SchedulerState {
     pub async fn read<R>(&self, f: impl FnOnce(&Core, i64) -> R) -> R {
         let (out, seq) = {
             let core = self.lock();
-            (f(&core, now_ms()), self.committer.last_enqueued())
+            (
+                f(&core, self.clock.now_ms()),
+                self.committer.last_enqueued(),
+            )
         };
         self.committer.wait_durable(seq).await;
         out
@@ -322,11 +449,10 @@ impl SchedulerState {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = connect_lazy(
-            &endpoint_url(address),
-            self.config.server.request_timeout.get(),
-        )
-        .map_err(|e| Status::unavailable(format!("worker address {address}: {e}")))?;
+        let c = self
+            .connector
+            .connect(address, self.config.server.request_timeout.get())
+            .map_err(|e| Status::unavailable(format!("worker address {address}: {e}")))?;
         channels.insert(address.to_owned(), c.clone());
         Ok(c)
     }
@@ -565,7 +691,10 @@ pub async fn dispatch_loop(
     let pick_every = state.config.scheduler.pick_interval.get();
     let mut last_pick = tokio::time::Instant::now();
     loop {
+        // Biased: the same branch wins every time several are ready, so a simulated run
+        // replays exactly (tokio's random branch order is not seeded on stable).
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
             _ = state.wake.notified() => {}
@@ -797,7 +926,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 commit.record("status", status);
                 metrics::counter!(runtime::metrics::TASKS_TOTAL, "type" => label, "status" => status, "service" => "scheduler").increment(1);
                 if let Some(started) = started_ms {
-                    let secs = (now_ms() - started).max(0) as f64 / 1000.0;
+                    let secs = (self.0.clock.now_ms() - started).max(0) as f64 / 1000.0;
                     metrics::histogram!(runtime::metrics::TASK_DURATION, "type" => label)
                         .record(secs);
                 }

@@ -677,98 +677,6 @@ fn flushes_commit_in_sequence_order_and_the_checkpoint_only_covers_a_contiguous_
 }
 
 #[test]
-fn staged_flushes_do_not_hold_the_flush_limit_against_the_flush_they_wait_for() {
-    let mut config = cfg();
-    config.max_running.insert(TaskKind::MemtableFlush, 2);
-    let mut c = Core::new(config);
-    c.create_table("t", vec![], T0).expect("table");
-    for name in ["a", "b", "c"] {
-        c.register_worker("flusher", name, &format!("{name}:1"), 1, "v", T0)
-            .expect("worker");
-    }
-    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
-    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
-    let third = c.submit(chained_flush(3, 20, 30), 100, T0).expect("3");
-    let d = c.tick(T0);
-    assert_eq!(d.len(), 2, "the limit: two at a time");
-    let out = |id: u64, d: &[Dispatch]| {
-        d.iter()
-            .find(|x| x.task_id == id)
-            .map(|x| x.output_file_ids[0])
-    };
-    // The first flush fails (a storage error); the second finishes and is staged.
-    c.complete(
-        first,
-        1,
-        Outcome::Failure(ErrorRecord {
-            kind: "flush".into(),
-            message: "503 from storage".into(),
-            file: String::new(),
-            offset: 0,
-            retriable: true,
-            attempt: 1,
-            at_ms: T0 + 5,
-        }),
-        T0 + 5,
-    )
-    .expect("failure recorded");
-    let out2 = out(second, &d).expect("second dispatched");
-    c.complete(second, 1, success(vec![file(out2, "a", "m", 20)]), T0 + 10)
-        .expect("staged");
-    // The third runs and is staged too.
-    let d = c.tick(T0 + 20);
-    let out3 = out(third, &d).expect("third dispatched");
-    c.complete(third, 1, success(vec![file(out3, "n", "p", 30)]), T0 + 30)
-        .expect("staged");
-    // Two staged flushes must not keep the first one's retry from running.
-    let live: Vec<u64> = c.workers().map(|w| w.record.id).collect();
-    for w in &live {
-        c.heartbeat(*w, &[], T0 + 1900);
-    }
-    let d = c.tick(T0 + 2000);
-    assert_eq!(
-        d.iter().map(|d| d.task_id).collect::<Vec<_>>(),
-        vec![first],
-        "the retry of the first flush is dispatched"
-    );
-    let out1 = out(first, &d).expect("retried");
-    c.complete(first, 2, success(vec![file(out1, "a", "z", 10)]), T0 + 2010)
-        .expect("commit");
-    assert_eq!(c.manifest("t").map(|m| m.checkpoint), Some(30));
-}
-
-#[test]
-fn a_flush_cancelled_by_a_replay_dispatched_in_the_same_round_is_not_dispatched() {
-    let (mut c, _, _) = setup();
-    c.register_worker("replayer", "r", "r:1", 4, "v", T0)
-        .expect("replayer");
-    // A flush of the old replayer's memtable, waiting in the queue, and a new replay of
-    // its table (the replayer restarted), ahead of it by priority: both ready at once.
-    let flush = c.submit(chained_flush(1, 0, 10), 100, T0).expect("flush");
-    let replay = c
-        .submit(
-            TaskSpec::WalReplay {
-                table: "t".into(),
-                checkpoint: 0,
-                recovery_mode: String::new(),
-                explicit_start: false,
-            },
-            200,
-            T0,
-        )
-        .expect("replay");
-    let d = c.tick(T0);
-    assert_eq!(
-        d.iter().map(|d| d.task_id).collect::<Vec<_>>(),
-        vec![replay],
-        "the stale flush is cancelled, not dispatched"
-    );
-    let t = c.task(flush).expect("flush");
-    assert_eq!((t.state, t.attempt), (TaskState::Cancelled, 0));
-    assert!(c.tick(T0 + 5000).iter().all(|d| d.task_id != flush));
-}
-
-#[test]
 fn every_table_gets_a_replay_that_starts_at_the_checkpoint_current_at_dispatch() {
     let mut config = cfg();
     config.assign_replays = true;
@@ -1480,4 +1388,108 @@ fn urgent_work_is_never_preempted_and_a_free_slot_needs_no_preemption() {
     let _ = waiting;
     // Only the urgent L0 compaction runs: it is never preempted.
     assert!(c.preempt_for_stalls(&stalling).is_empty());
+}
+
+#[test]
+fn a_flush_cancelled_by_a_replay_dispatched_in_the_same_round_is_not_dispatched() {
+    let mut config = cfg();
+    config.assign_replays = true;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("t");
+    let r1 = c
+        .register_worker("replayer", "r1", "r1:1", 4, "v", T0)
+        .expect("r1");
+    let replay = c.tick(T0)[0].task_id;
+    c.heartbeat(r1, &[], T0 + 19_900);
+    // Its replayer asks for a flush long after the replay task was queued: with aging, the
+    // replay's retry now comes first in a dispatch round.
+    let (task, attempt, _) = c.replay_owner("t").expect("owner");
+    c.check_flush_request("t", task, attempt).expect("owner");
+    let fl = c
+        .submit(chained_flush(1, 0, 10), 100, T0 + 20_000)
+        .expect("flush");
+    // The replayer dies; its replay is retried once a replayer and a flusher are there.
+    assert!(c.tick(T0 + 21_000).is_empty());
+    c.register_worker("replayer", "r2", "r2:1", 4, "v", T0 + 22_000)
+        .expect("r2");
+    c.register_worker("flusher", "f", "f:1", 4, "v", T0 + 22_000)
+        .expect("f");
+    let d = c.tick(T0 + 22_000);
+    // The new replay cancels the old replayer's flush (its memtable is gone) ...
+    assert_eq!(c.task(fl).map(|t| t.state), Some(TaskState::Cancelled));
+    // ... and the same round must not dispatch it anyway (found by the simulation: the
+    // cancelled flush came back to life as Running, then Pending, and never finished).
+    assert!(d.iter().any(|x| x.task_id == replay), "{d:?}");
+    assert!(d.iter().all(|x| x.task_id != fl), "{d:?}");
+}
+
+#[test]
+fn staged_flushes_hold_no_cluster_slot_so_their_predecessor_still_runs() {
+    let mut config = cfg();
+    config.max_running.insert(TaskKind::MemtableFlush, 1);
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("table");
+    c.register_worker("flusher", "a", "a:1", 4, "v", T0)
+        .expect("a");
+    // The later memtable's flush is queued (and dispatched) first.
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let d = c.tick(T0);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [second]);
+    c.complete(
+        second,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "m", 20)]),
+        T0 + 10,
+    )
+    .expect("staged");
+    // Staged, it waits for the first; the first must run although the limit is 1 (found by
+    // the simulation: staged flushes filled max_concurrent_flushes and their predecessor
+    // never ran again, a deadlock).
+    let d = c.tick(T0 + 20);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [first]);
+    let waiting = c.task(second).expect("second");
+    assert!(c.waiting_reason(waiting, T0 + 20).is_empty());
+    c.complete(
+        first,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "z", 10)]),
+        T0 + 30,
+    )
+    .expect("commit");
+    assert_eq!(c.manifest("t").map(|m| m.checkpoint), Some(20));
+}
+
+#[test]
+fn after_a_restart_staged_flushes_occupy_no_worker_slot() {
+    let disk = catalog::MemCatalog::new();
+    let mut c = Core::new(cfg());
+    c.create_table("t", vec![], T0).expect("table");
+    let w = c
+        .register_worker("flusher", "a", "a:1", 1, "v", T0)
+        .expect("a");
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let d = c.tick(T0);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [second]);
+    c.complete(
+        second,
+        1,
+        success(vec![file(d[0].output_file_ids[0], "a", "m", 20)]),
+        T0 + 10,
+    )
+    .expect("staged");
+    catalog::CatalogStore::write_many(&disk, vec![c.take_batch()]).expect("persist");
+    // The scheduler restarts: the staged flush is loaded as running, but holds no slot of
+    // its worker, so the first flush still gets one (found by the simulation: after a
+    // scheduler crash, staged flushes filled every flusher's slots and the flush they
+    // waited for was never dispatched again).
+    let mut r = Core::from_snapshot(
+        cfg(),
+        catalog::CatalogStore::load(&disk).expect("load"),
+        T0 + 20,
+    );
+    r.heartbeat(w, &[], T0 + 30);
+    let d = r.tick(T0 + 30);
+    assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [first]);
 }
