@@ -800,7 +800,9 @@ impl Core {
         if let Some(limit) = self.cfg.max_running.get(&kind) {
             let running = self
                 .live_tasks()
-                .filter(|x| x.state == TaskState::Running && x.kind() == kind)
+                .filter(|x| {
+                    x.state == TaskState::Running && x.staged_files.is_none() && x.kind() == kind
+                })
                 .count();
             if running >= *limit {
                 return format!("cluster limit: {running}/{limit} {} running", kind.label());
@@ -1185,7 +1187,12 @@ impl Core {
             .collect();
         ready.sort_unstable();
         let mut running: HashMap<TaskKind, usize> = HashMap::new();
-        for t in self.live_tasks().filter(|t| t.state == TaskState::Running) {
+        // A staged flush has done its work: counting it would let flushes waiting for an
+        // earlier one to commit keep that earlier one from ever being dispatched again.
+        for t in self
+            .live_tasks()
+            .filter(|t| t.state == TaskState::Running && t.staged_files.is_none())
+        {
             *running.entry(t.kind()).or_default() += 1;
         }
         let mut out = Vec::new();

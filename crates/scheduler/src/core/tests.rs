@@ -913,3 +913,64 @@ fn a_long_chain_of_out_of_order_flushes_commits_in_order_without_recursion() {
             .all(|id| c.task(*id).map(|t| t.state) == Some(TaskState::Succeeded))
     );
 }
+
+/// Found by the crash-point test: a flush retried after its worker died waited forever
+/// ("cluster limit: 2/2 memtable_flush running") behind two later flushes of its table that
+/// had finished and were staged, waiting for it to commit first.
+#[test]
+fn staged_flushes_do_not_count_against_the_cluster_limit() {
+    let mut config = cfg();
+    config.max_running.insert(TaskKind::MemtableFlush, 2);
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("table");
+    let a = c
+        .register_worker("flusher", "a", "a:1", 2, "v", T0)
+        .expect("a");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let third = c.submit(chained_flush(3, 20, 30), 100, T0).expect("3");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 2, "the cluster limit");
+    let d1 = d.iter().find(|d| d.task_id == first).expect("first runs");
+    let out2 = d
+        .iter()
+        .find(|d| d.task_id == second)
+        .expect("second runs")
+        .output_file_ids[0];
+    c.complete(second, 1, success(vec![file(out2, "a", "m", 20)]), T0 + 10)
+        .expect("staged");
+    let d = c.tick(T0 + 20);
+    assert_eq!(d.iter().map(|d| d.task_id).collect::<Vec<_>>(), vec![third]);
+    let out3 = d[0].output_file_ids[0];
+    c.complete(third, 1, success(vec![file(out3, "n", "p", 30)]), T0 + 30)
+        .expect("staged");
+    // The first's worker dies: its lease expires and it is retried on a new worker, though
+    // two (staged) flushes are still live.
+    let b = c
+        .register_worker("flusher", "b", "b:1", 1, "v", T0 + 1500)
+        .expect("b");
+    c.heartbeat(b, &[], T0 + 2000);
+    let d = c.tick(T0 + 2000);
+    assert!(d.is_empty(), "backoff first: {d:?}");
+    c.heartbeat(b, &[], T0 + 4000);
+    let d = c.tick(T0 + 4000);
+    assert_eq!(
+        d.iter().map(|d| (d.task_id, d.attempt)).collect::<Vec<_>>(),
+        vec![(first, 2)],
+        "{}",
+        c.task(first)
+            .map(|t| c.waiting_reason(t, T0 + 4000))
+            .unwrap_or_default()
+    );
+    assert_ne!(d1.output_file_ids, d[0].output_file_ids);
+    let _ = a;
+    c.complete(
+        first,
+        2,
+        success(vec![file(d[0].output_file_ids[0], "a", "z", 10)]),
+        T0 + 4010,
+    )
+    .expect("commit");
+    let m = c.manifest("t").expect("manifest");
+    assert_eq!(m.checkpoint, 30, "all three committed, in order");
+}
