@@ -699,7 +699,8 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
                 let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
                 let table = t.map(|t| t.spec.table().to_owned()).unwrap_or_default();
                 commit.record("table", table.as_str());
-                let checkpoint = |c: &crate::core::Core| c.manifest(&table).map_or(0, |m| m.checkpoint);
+                let checkpoint =
+                    |c: &crate::core::Core| c.manifest(&table).map_or(0, |m| m.checkpoint);
                 let before = checkpoint(c);
                 let result = c.complete(req.task_id, req.attempt, outcome, now);
                 if result.is_ok() && !failed && !table.is_empty() {
