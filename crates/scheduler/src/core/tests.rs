@@ -974,3 +974,71 @@ fn staged_flushes_do_not_count_against_the_cluster_limit() {
     let m = c.manifest("t").expect("manifest");
     assert_eq!(m.checkpoint, 30, "all three committed, in order");
 }
+
+/// Found by the crash-point test: after a scheduler restart, flushes that were staged
+/// (finished, waiting for an earlier one to commit) took their old worker's slots again,
+/// so the earlier flush found no free flusher and nothing committed any more.
+#[test]
+fn after_a_restart_staged_flushes_hold_no_worker_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = catalog::Catalog::open(dir.path()).expect("open");
+    let mut c = Core::new(cfg());
+    c.create_table("t", vec![], T0).expect("table");
+    // The first flush goes to a flusher that dies; the other two finish on `a`, staged.
+    let doomed = c
+        .register_worker("flusher", "b", "b:1", 1, "v", T0)
+        .expect("b");
+    let a = c
+        .register_worker("flusher", "a", "a:1", 2, "v", T0)
+        .expect("a");
+    let first = c.submit(chained_flush(1, 0, 10), 100, T0).expect("1");
+    let second = c.submit(chained_flush(2, 10, 20), 100, T0).expect("2");
+    let third = c.submit(chained_flush(3, 20, 30), 100, T0).expect("3");
+    let d = c.tick(T0);
+    assert_eq!(d.len(), 3);
+    assert_eq!(
+        d.iter().find(|d| d.task_id == first).map(|d| d.worker_id),
+        Some(doomed)
+    );
+    for (id, seq) in [(second, 20), (third, 30)] {
+        let out = d
+            .iter()
+            .find(|d| d.task_id == id)
+            .expect("dispatched")
+            .output_file_ids[0];
+        c.complete(id, 1, success(vec![file(out, "a", "b", seq)]), T0 + 10)
+            .expect("staged");
+    }
+    catalog.write(c.take_batch()).expect("persist");
+    drop(catalog);
+
+    let catalog = catalog::Catalog::open(dir.path()).expect("reopen");
+    let mut r = Core::from_snapshot(cfg(), catalog.load().expect("load"), T0 + 100);
+    // `a` heartbeats (running nothing), `b` is gone: the first is retried on `a`.
+    let mut retried = Vec::new();
+    for now in (200..4000).step_by(200).map(|ms| T0 + ms) {
+        r.heartbeat(a, &[], now);
+        retried.extend(r.tick(now));
+    }
+    let d = retried
+        .iter()
+        .find(|d| d.task_id == first)
+        .unwrap_or_else(|| {
+            panic!(
+                "never retried: {}",
+                r.task(first)
+                    .map(|t| r.waiting_reason(t, T0 + 4000))
+                    .unwrap_or_default()
+            )
+        });
+    assert_eq!(d.worker_id, a);
+    let out = d.output_file_ids[0];
+    r.complete(
+        first,
+        d.attempt,
+        success(vec![file(out, "a", "z", 10)]),
+        T0 + 4100,
+    )
+    .expect("commit");
+    assert_eq!(r.manifest("t").map(|m| m.checkpoint), Some(30));
+}
