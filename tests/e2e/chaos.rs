@@ -46,7 +46,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn sigkills_of_random_services_under_load_lose_duplicate_and_delete_nothing() {
-    let seed = env_u64("DP_CHAOS_SEED", 0x5eed_c4a0_5).max(1);
+    let seed = env_u64("DP_CHAOS_SEED", 0x0005_eedc_4a05).max(1);
     let min_kills = env_u64("DP_CRASH_TEST_KILLS", 30);
     let duration = Duration::from_secs(env_u64("DP_CRASH_TEST_DURATION", 0));
     println!(

@@ -915,3 +915,100 @@ pub fn drain_and_check(
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen_file(table: &str, id: u64, first: i64, last: i64) -> Seen {
+        let mut seen = Seen::default();
+        seen.files.insert(
+            (table.to_owned(), id),
+            Sighting {
+                first_after_ms: first,
+                last_before_ms: last,
+            },
+        );
+        seen.checkpoints
+            .insert(table.to_owned(), vec![(5000, 5010, 100)]);
+        seen
+    }
+
+    fn deleted(ms: i64, path: &str) -> Deleted {
+        Deleted {
+            ms,
+            pid: 1,
+            path: path.to_owned(),
+        }
+    }
+
+    const SST: &str = "tables/t/sst/00000000000000000007.sst";
+
+    #[test]
+    fn gc_flags_deletes_of_referenced_retained_or_later_committed_files_only() {
+        let seen = seen_file("t", 7, 1000, 2000);
+        // Long after its last manifest plus the grace period: fine.
+        let ok = check_gc(&[deleted(3500, SST)], &seen, 1000);
+        assert!(ok.violations.is_empty(), "{:?}", ok.violations);
+        assert_eq!((ok.sst_deletes, ok.deletes_of_once_referenced), (1, 1));
+        // Inside the grace period after its last manifest: a retained version lost it.
+        assert_eq!(
+            check_gc(&[deleted(2500, SST)], &seen, 1000)
+                .violations
+                .len(),
+            1
+        );
+        // Before a manifest showed it (an upload awaiting commit, or still referenced).
+        assert_eq!(
+            check_gc(&[deleted(900, SST)], &seen, 1000).violations.len(),
+            1
+        );
+        // Never in any manifest (an orphan): fine at any time.
+        let orphan = "tables/t/sst/00000000000000000008.sst";
+        assert!(
+            check_gc(&[deleted(1, orphan)], &seen, 1000)
+                .violations
+                .is_empty()
+        );
+        // A WAL segment starting above the checkpoint of its moment.
+        let wal = |first: u64| format!("tables/t/wal/{first:020}.wal");
+        assert!(
+            check_gc(&[deleted(4000, &wal(90))], &seen, 1000)
+                .violations
+                .is_empty()
+        );
+        assert_eq!(
+            check_gc(&[deleted(4000, &wal(101))], &seen, 1000)
+                .violations
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_delete_journal_parses_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        std::fs::write(&p, format!("12 34 {SST}\ngarbage\n56 78 x y\n")).unwrap();
+        let j = read_delete_journal(&p);
+        assert_eq!(j.len(), 2);
+        assert_eq!((j[0].ms, j[0].pid, j[0].path.as_str()), (12, 34, SST));
+        assert_eq!(j[1].path, "x y");
+    }
+
+    #[test]
+    fn unknown_writes_explain_only_what_they_wrote() {
+        let mut u = Unknown {
+            windows: vec![(10, 20)],
+            acked: [12].into_iter().collect(),
+            ops: HashMap::new(),
+        };
+        u.ops
+            .insert("k".into(), vec![(20, Some("v".into())), (20, None)]);
+        assert!(u.seq(11) && !u.seq(12) && !u.seq(10) && !u.seq(20));
+        assert!(u.explains("k", Some(b"v")) && u.explains("k", None));
+        assert!(!u.explains("k", Some(b"torn")) && !u.explains("j", None));
+        assert!(u.may_delete_after("k", 19) && !u.may_delete_after("k", 20));
+        assert_eq!(u.len(), 2);
+    }
+}
