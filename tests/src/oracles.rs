@@ -836,6 +836,22 @@ pub fn drain_and_check(
     }
     let seen = watcher.stop();
     let drained = started.elapsed();
+    // Attempts the scheduler retried only after `scheduler.stuck_timeout`: a worker alive
+    // but not working on them (e.g. a dispatch recorded but never sent before a crash).
+    let tasks = c.admin_json(&["tasks", "list"]);
+    let errors: Vec<String> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["errors"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    let count = |prefix: &str| errors.iter().filter(|m| m.starts_with(prefix)).count();
+    println!(
+        "attempts retried: {} after a lease expired, {} after stuck_timeout",
+        count("lease_expired"),
+        count("stuck")
+    );
 
     let mut failures = Vec::new();
     println!(
