@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := /tmp/.data-processor-apt-updated
 
-.PHONY: run build release test sim lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
+.PHONY: run build release test sim crash-test lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
 
 # Every build uses the whole workspace with all targets, so cargo resolves the same
 # features each time: RocksDB's build script (bindgen) shares host dependencies with
@@ -43,6 +43,18 @@ test: deps test-tools deploy-tools
 SIM_SEEDS ?= 64
 sim: deps
 	DP_SIM_SEEDS=$(SIM_SEEDS) $(if $(SIM_SEED),DP_SIM_SEED=$(SIM_SEED),) $(CARGO) test -p scheduler --test sim
+
+## crash-test: the reliability tests (issue #10): a crash at every named crash point, then
+## random SIGKILLs of every service under load, each ending with the oracles. DURATION=600
+## keeps the SIGKILLs going that many seconds (default: until 30 kills, about 2 minutes);
+## SEED=n replays a victim order; KILLS=n sets the minimum number of kills.
+DURATION ?= 0
+KILLS ?= 30
+crash-test: deps
+	$(BUILD)
+	$(CARGO) test -p tests --test crash_points -- --nocapture
+	DP_CRASH_TEST_DURATION=$(DURATION) DP_CRASH_TEST_KILLS=$(KILLS) $(if $(SEED),DP_CHAOS_SEED=$(SEED),) \
+	  $(CARGO) test -p tests --test chaos -- --nocapture
 
 ## lint: formatting check and clippy with warnings denied
 lint: deps

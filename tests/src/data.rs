@@ -21,6 +21,29 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// One service process of a [`DataCluster`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    Scheduler,
+    Replayer,
+    /// Index into [`DataCluster::flushers`].
+    Flusher(usize),
+    /// Index into [`DataCluster::compactors`].
+    Compactor(usize),
+}
+
+impl Slot {
+    /// The service's name (`flusher`, ...).
+    pub fn service(self) -> &'static str {
+        match self {
+            Slot::Scheduler => "scheduler",
+            Slot::Replayer => "replayer",
+            Slot::Flusher(_) => "flusher",
+            Slot::Compactor(_) => "compactor",
+        }
+    }
+}
+
 /// A scheduler, one replayer and any number of flushers, each a process.
 pub struct DataCluster {
     pub dir: PathBuf,
@@ -83,16 +106,62 @@ impl DataCluster {
     }
 
     fn service(&mut self, binary: &str, ports: Ports) -> Proc {
+        let p = self.spawn_service(binary, ports, &[]);
+        wait_healthy(&p, ports.http);
+        p
+    }
+
+    /// Starts `binary` on `ports` with the cluster's environment plus `extra`, without
+    /// waiting for it to become healthy (a process armed with a crash point may die first).
+    pub fn spawn_service(&mut self, binary: &str, ports: Ports, extra: &[(&str, &str)]) -> Proc {
         let mut env = service_env(binary, ports, &self.dir);
-        for (k, v) in &self.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
+        let extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        for (k, v) in self.env.clone().into_iter().chain(extra) {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
         }
         self.restarts += 1;
         let label = format!("{binary}-{}", self.restarts);
-        let p = Proc::start(binary, &label, &self.dir, &[], &env);
-        wait_healthy(&p, ports.http);
-        p
+        Proc::start(binary, &label, &self.dir, &[], &env)
+    }
+
+    /// SIGKILLs the process in `slot` (if any) and starts `binary` there again with `extra`
+    /// environment; waits until it is healthy or has exited (a crash point fired early).
+    /// Workers get new ports (their old registration expires); the scheduler and the
+    /// replayer keep theirs.
+    pub fn restart(&mut self, slot: Slot, extra: &[(&str, &str)]) {
+        let (binary, ports) = match slot {
+            Slot::Scheduler => ("scheduler", self.sched_ports),
+            Slot::Replayer => ("replayer", self.replayer_ports),
+            Slot::Flusher(_) => ("flusher", Ports::free()),
+            Slot::Compactor(_) => ("compactor", Ports::free()),
+        };
+        Self::kill(self.slot(slot));
+        let mut p = self.spawn_service(binary, ports, extra);
+        let ok = wait_until(Duration::from_secs(30), || {
+            p.child.try_wait().ok().flatten().is_some()
+                || matches!(crate::http_get(ports.http, "/health"), Ok((200, _)))
+        });
+        assert!(
+            ok,
+            "{} did not become healthy; log:\n{}",
+            p.name,
+            p.log_text()
+        );
+        if matches!(slot, Slot::Flusher(_) | Slot::Compactor(_)) {
+            self.worker_ports.push(ports);
+        }
+        *self.slot(slot) = Some(p);
+    }
+
+    /// The process of `slot`.
+    pub fn slot(&mut self, slot: Slot) -> &mut Option<Proc> {
+        match slot {
+            Slot::Scheduler => &mut self.sched,
+            Slot::Replayer => &mut self.replayer,
+            Slot::Flusher(i) => &mut self.flushers[i],
+            Slot::Compactor(i) => &mut self.compactors[i],
+        }
     }
 
     pub fn start_scheduler(&mut self) {

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod data;
 pub mod fake;
+pub mod oracles;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

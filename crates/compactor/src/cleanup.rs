@@ -442,6 +442,7 @@ pub async fn execute_cleanup(
         } else {
             storage.delete(path).await?;
             tracing::debug!(%path, size, "deleted");
+            runtime::failpoint::hit("compactor.cleanup.between_deletes").await;
         }
         record_metrics(kind, size, plan.dry_run);
         report.deleted.push(path.to_string());

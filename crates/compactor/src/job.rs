@@ -161,7 +161,10 @@ async fn finish(
         .instrument(report_span("success"))
         .await
     {
-        Reported::Accepted => Outcome::Succeeded,
+        Reported::Accepted => {
+            runtime::failpoint::hit("compactor.after_complete").await;
+            Outcome::Succeeded
+        }
         Reported::Refused(status) => {
             tracing::warn!(
                 code = ?status.code(),

@@ -553,6 +553,7 @@ impl<S: SstStore> Shared<'_, S> {
             .finish_into_inner()
             .map_err(|e| CompactionError::from_output(e, &o.path))?;
         let size = self.store.finish_output(o.file_id, writer)?;
+        runtime::failpoint::hit_sync("compactor.after_output_upload");
         o.span.record("bytes", size);
         o.span.record("entries", info.entry_count);
         self.finished

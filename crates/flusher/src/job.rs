@@ -167,7 +167,10 @@ async fn finish(
         .instrument(report_span("success"))
         .await
     {
-        Reported::Accepted => Outcome::Succeeded,
+        Reported::Accepted => {
+            runtime::failpoint::hit("flusher.after_complete").await;
+            Outcome::Succeeded
+        }
         Reported::Refused(status) => {
             tracing::warn!(
                 code = ?status.code(),
@@ -250,11 +253,14 @@ async fn flush(
     match (pumped, built) {
         (Pumped::Failed(e), _) => Err(e),
         (_, Err(e)) => Err(e),
-        (Pumped::Complete { bytes_read }, Ok((info, size))) => Ok(Flushed {
-            info,
-            size,
-            bytes_read,
-        }),
+        (Pumped::Complete { bytes_read }, Ok((info, size))) => {
+            runtime::failpoint::hit("flusher.after_upload").await;
+            Ok(Flushed {
+                info,
+                size,
+                bytes_read,
+            })
+        }
         (Pumped::BuilderStopped, Ok(_)) => Err(FlushError::Internal(
             "the sst build thread stopped early without an error".to_owned(),
         )),

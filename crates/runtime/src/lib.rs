@@ -177,6 +177,8 @@ pub fn launch(process_name: &'static str, services: Vec<(ServiceKind, RunFn)>) -
         Ok(cfg) => Arc::new(cfg),
         Err(code) => return code,
     };
+    // A malformed DP_FAILPOINTS exits 64 here, not at the point's first hit.
+    failpoint::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -53,6 +53,7 @@ pub async fn cleanup_loop(state: Arc<SchedulerState>, shutdown: CancellationToke
 /// Lists storage and queues the Cleanup tasks due now; returns their ids.
 pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Result<Vec<u64>> {
     let listing = storage.list(&storage::paths::tables_root()).await?;
+    runtime::failpoint::hit("scheduler.cleanup.after_list").await;
     let mut by_table: BTreeMap<String, Listed> = BTreeMap::new();
     for meta in listing {
         let path = meta.location.to_string();

@@ -323,6 +323,10 @@ impl Core {
             })
             .collect();
         for (id, spec, state, attempt, worker) in live {
+            let staged = core
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.staged_files.is_some());
             for f in spec.input_file_ids() {
                 core.locks.insert(f, id);
             }
@@ -334,19 +338,12 @@ impl Core {
             } = &spec
             {
                 core.live_flushes.insert((table.clone(), *memtable_id), id);
-                if core
-                    .tasks
-                    .get(&id)
-                    .is_some_and(|t| t.staged_files.is_some())
-                {
+                if staged {
                     core.staged.insert((table.clone(), *after_seq), id);
                 }
             }
-            // A staged flush has finished its work: no progress to watch, no worker slot.
-            let staged = core
-                .tasks
-                .get(&id)
-                .is_some_and(|t| t.staged_files.is_some());
+            // A staged flush's work is done: it holds no worker slot (as when it was
+            // staged), or after a restart the flushes it waits for could find no slot.
             if state == TaskState::Running && !staged {
                 core.progress.insert(
                     (id, attempt),

@@ -895,25 +895,43 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
         );
         // One pass through the core (one durability wait) for the commit and what the
         // metrics need to know about it.
-        let (kind, started_ms, result, state) = tracing::Instrument::instrument(
+        let (kind, started_ms, result, state, advanced) = tracing::Instrument::instrument(
             self.0.mutate(|c, now| {
                 let t = c.task(req.task_id);
                 let kind = t.map(|t| t.kind());
                 let started = t.and_then(|t| t.current_attempt()).map(|a| a.started_at_ms);
                 let table = t.map(|t| t.spec.table().to_owned()).unwrap_or_default();
                 commit.record("table", table.as_str());
+                let checkpoint =
+                    |c: &crate::core::Core| c.manifest(&table).map_or(0, |m| m.checkpoint);
+                let before = checkpoint(c);
                 let result = c.complete(req.task_id, req.attempt, outcome, now);
                 if result.is_ok() && !failed && !table.is_empty() {
                     // A staged flush counts now: it commits (in order) later.
                     c.add_counter(&format!("io:{table}:ingested"), io.0);
                     c.add_counter(&format!("io:{table}:written"), io.1);
                 }
+                // Crash points: the commit is applied in memory, not yet in the catalog.
+                let advanced = checkpoint(c) > before;
+                if result.is_ok() && !failed {
+                    runtime::failpoint::hit_sync("scheduler.commit.before_write");
+                    if advanced {
+                        runtime::failpoint::hit_sync("scheduler.checkpoint.before_write");
+                    }
+                }
                 let state = c.task(req.task_id).map(|t| t.state);
-                (kind, started, result, state)
+                (kind, started, result, state, advanced)
             }),
             commit.clone(),
         )
         .await;
+        // Crash points: durable in the catalog, the worker not told.
+        if result.is_ok() && !failed {
+            runtime::failpoint::hit("scheduler.commit.after_write").await;
+            if advanced {
+                runtime::failpoint::hit("scheduler.checkpoint.after_write").await;
+            }
+        }
         let label = kind.map_or("unknown", |k| k.label());
         commit.record("task_type", label);
         match result {

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+pub mod delete_journal;
 mod error;
 pub mod faults;
 mod local;

@@ -440,6 +440,7 @@ impl Storage {
     /// Deletes an object. Deleting a missing object succeeds, so cleanup can be retried.
     pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
         let fault = self.fault("delete", path, true).await?;
+        crate::delete_journal::record(path.as_ref());
         match self.store.delete(path).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
