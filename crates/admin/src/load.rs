@@ -394,6 +394,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(clippy::unwrap_used, reason = "a test fails loudly")]
     fn an_oracle_is_appended_to_after_its_torn_last_line_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.jsonl");

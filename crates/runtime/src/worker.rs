@@ -331,10 +331,7 @@ impl HeartbeatSource for RunningAttempts {
         let inner = self.lock();
         for p in sent {
             let key = (p.task_id, p.attempt);
-            let cancelled = reply
-                .cancel
-                .iter()
-                .any(|c| (c.task_id, c.attempt) == key);
+            let cancelled = reply.cancel.iter().any(|c| (c.task_id, c.attempt) == key);
             if let Some(token) = inner.confirmations.get(&key)
                 && !cancelled
             {
