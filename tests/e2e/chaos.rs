@@ -49,7 +49,7 @@ fn sigkills_of_random_services_under_load_lose_duplicate_and_delete_nothing() {
     let seed = env_u64("DP_CHAOS_SEED", 0x0005_eedc_4a05).max(1);
     let min_kills = env_u64("DP_CRASH_TEST_KILLS", 30);
     let duration = Duration::from_secs(env_u64("DP_CRASH_TEST_DURATION", 0));
-    println!(
+    tests::report!(
         "chaos seed {seed} (rerun: DP_CHAOS_SEED={seed}), at least {min_kills} kills over at least {duration:?}"
     );
     let mut rng = Rng(seed);
@@ -126,7 +126,7 @@ fn sigkills_of_random_services_under_load_lose_duplicate_and_delete_nothing() {
     }
     let chaos_secs = started.elapsed().as_secs_f64();
 
-    println!(
+    tests::report!(
         "chaos: {total} SIGKILLs of services (+ {} of the load generator) in {chaos_secs:.0} s (seed {seed}): {kills:?}; order {:?}",
         kills.get("load-generator").copied().unwrap_or(0),
         victims.iter().map(|v| name(*v)).collect::<Vec<_>>()

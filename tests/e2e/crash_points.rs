@@ -101,9 +101,9 @@ fn crashing_at_every_named_point_loses_duplicates_and_deletes_nothing() {
         hits.push((point, which, started.elapsed()));
     }
 
-    println!("crash points hit ({}):", hits.len());
+    tests::report!("crash points hit ({}):", hits.len());
     for (p, which, d) in &hits {
-        println!(
+        tests::report!(
             "  {p:<36} {which}: crashed after {:>5.1} s",
             d.as_secs_f64()
         );

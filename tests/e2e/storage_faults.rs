@@ -160,7 +160,7 @@ fn failing_and_slow_storage_loses_nothing_and_the_work_completes() {
     let mut total = 0;
     for (name, port) in &ports {
         let n = injected(*port, &failing);
-        eprintln!("{name} (:{port}): {n} failed storage operations injected");
+        tests::report!("{name} (:{port}): {n} failed storage operations injected");
         total += n;
     }
     let replayer = injected(c.replayer_ports.http, &failing);
@@ -178,7 +178,9 @@ fn failing_and_slow_storage_loses_nothing_and_the_work_completes() {
         injected(c.worker_ports[0].http, &["slow"]) + injected(c.worker_ports[1].http, &["slow"])
             > 0
     );
-    println!("storage faults: {total} failed operations injected, 0 acknowledged writes lost");
+    tests::report!(
+        "storage faults: {total} failed operations injected, 0 acknowledged writes lost"
+    );
 }
 
 /// A tmpfs of `size` at `dir` (needs root, as CI has).

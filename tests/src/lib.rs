@@ -4,6 +4,23 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
+/// Writes a line where `cargo test` shows it even when the test passes — the figures the
+/// reliability tests end with. (The test harness captures `print!` and `eprint!`, not
+/// direct writes to the process's stderr.)
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {
+        $crate::report_line(&format!($($arg)*))
+    };
+}
+
+/// See [`report!`].
+pub fn report_line(line: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
 pub mod cluster;
 pub mod data;
 pub mod fake;

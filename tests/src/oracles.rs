@@ -847,14 +847,14 @@ pub fn drain_and_check(
         .filter_map(|e| e["message"].as_str().map(str::to_owned))
         .collect();
     let count = |prefix: &str| errors.iter().filter(|m| m.starts_with(prefix)).count();
-    println!(
+    crate::report!(
         "attempts retried: {} after a lease expired, {} after stuck_timeout",
         count("lease_expired"),
         count("stuck")
     );
 
     let mut failures = Vec::new();
-    println!(
+    crate::report!(
         "loads: {} runs ok, {} failed, {} SIGKILLed; {} acknowledged writes",
         load.runs_ok,
         load.runs_failed,
@@ -866,7 +866,7 @@ pub fn drain_and_check(
         let l = check_ledger(c, t, &acked, &unknown);
         let r = check_reads(c, t, &acked, &l, &unknown);
         let s = check_structure(c, t);
-        println!(
+        crate::report!(
             "{t}: ledger: {} live files, {} stored versions, {} acknowledged writes, {} unacknowledged ops of killed or failed loads ({} stored whole, {} keys deleted by one): lost {}, duplicated {}, unexpected {}",
             l.files,
             l.stored_versions,
@@ -878,7 +878,7 @@ pub fn drain_and_check(
             l.duplicated.len(),
             l.unexpected.len(),
         );
-        println!(
+        crate::report!(
             "{t}: reads: {} keys, {} newest of unknown outcome, {} wrong; structure: {} levels, {} files, {} violations",
             r.keys,
             r.unknown_outcome,
@@ -905,7 +905,7 @@ pub fn drain_and_check(
     }
     let gc = check_gc(&read_delete_journal(journal), &seen, grace_ms);
     let panics = panics(&c.dir);
-    println!(
+    crate::report!(
         "gc: {} sst deletes ({} of files a manifest had referenced), {} wal deletes, {} violations; manifest polls {} ({} failed); panics {}",
         gc.sst_deletes,
         gc.deletes_of_once_referenced,
@@ -915,7 +915,7 @@ pub fn drain_and_check(
         seen.failed_polls,
         panics.len()
     );
-    println!(
+    crate::report!(
         "drain {:.1} s, oracles {:.1} s",
         drained.as_secs_f64(),
         (started.elapsed() - drained).as_secs_f64()
