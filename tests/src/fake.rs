@@ -102,6 +102,9 @@ pub struct FakeWorker {
     pub received: mpsc::UnboundedReceiver<Received>,
     pub scheduler: pb::scheduler_client::SchedulerClient<Channel>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Attempts received and not yet reported: `next_dispatch`'s heartbeats list them, as
+    /// a real worker's do (an attempt its worker does not list is a lost dispatch).
+    held: Vec<(u64, u32)>,
 }
 
 impl FakeWorker {
@@ -146,6 +149,7 @@ impl FakeWorker {
             received,
             scheduler,
             shutdown: stop_tx,
+            held: Vec::new(),
         }
     }
 
@@ -170,18 +174,20 @@ impl FakeWorker {
             .into_inner()
     }
 
-    /// Waits for the next dispatch, heartbeating (with no running attempts) meanwhile so
-    /// the worker stays alive.
+    /// Waits for the next dispatch, heartbeating (listing the attempts received and not yet
+    /// reported) meanwhile so the worker stays alive.
     pub async fn next_dispatch(&mut self, timeout: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Ok(d) = self.received.try_recv() {
+                self.held.push((d.task_id, d.attempt));
                 return Some(d);
             }
             if tokio::time::Instant::now() > deadline {
                 return None;
             }
-            let _ = self.heartbeat(&[]).await;
+            let held: Vec<(u64, u32, u64)> = self.held.iter().map(|&(t, a)| (t, a, 0)).collect();
+            let _ = self.heartbeat(&held).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -210,6 +216,7 @@ impl FakeWorker {
         attempt: u32,
         result: pb::task_result::Result,
     ) -> Result<(), Status> {
+        self.held.retain(|&k| k != (task_id, attempt));
         self.scheduler
             .complete_task(pb::CompleteTaskRequest {
                 task_id,
@@ -225,6 +232,7 @@ impl FakeWorker {
 
     /// Reports a failure.
     pub async fn fail(&mut self, task_id: u64, attempt: u32, message: &str) -> Result<(), Status> {
+        self.held.retain(|&k| k != (task_id, attempt));
         self.scheduler
             .complete_task(pb::CompleteTaskRequest {
                 task_id,

@@ -1031,6 +1031,7 @@ impl Core {
                 mark.changed_at_ms = now_ms;
             }
         }
+        self.expire_lost_dispatches(worker_id, running, now_ms);
         let freeze = self
             .pending_freezes
             .remove(&worker_id)
@@ -1054,6 +1055,57 @@ impl Core {
             freeze,
             budgets,
             preempt,
+        }
+    }
+
+    /// Attempts given to `worker_id` that its heartbeat does not list, longer than a
+    /// heartbeat timeout after their dispatch, never reached it: the scheduler recorded the
+    /// dispatch and died before sending it (or the worker lost it). The worker is alive, so
+    /// no lease would expire; they are retried now instead of after the stuck timeout (a
+    /// flush held that long holds back every later flush of its table). Found by the
+    /// crash-point test.
+    fn expire_lost_dispatches(
+        &mut self,
+        worker_id: u64,
+        running: &[(u64, u32, Progress)],
+        now_ms: i64,
+    ) {
+        let grace = self.cfg.heartbeat_timeout_ms;
+        let Some(w) = self.workers.get(&worker_id) else {
+            return;
+        };
+        let lost: Vec<(u64, u32, i64)> =
+            w.assigned
+                .iter()
+                .filter(|(id, attempt)| {
+                    !running.iter().any(|(t, a, _)| (*t, *a) == (*id, *attempt))
+                })
+                .filter_map(|(id, attempt)| {
+                    let t = self.tasks.get(id)?;
+                    let a = t.current_attempt()?;
+                    (holds_slot(t) && t.attempt == *attempt && a.worker_id == worker_id)
+                        .then_some((*id, *attempt, a.started_at_ms))
+                })
+                .filter(|(_, _, started)| now_ms - started > grace)
+                .collect();
+        for (id, attempt, started) in lost {
+            self.timer_expiries.0 += 1;
+            self.fail_attempt(
+                id,
+                ErrorRecord {
+                    attempt,
+                    kind: "lease_expired".to_owned(),
+                    message: format!(
+                        "worker {worker_id} does not run attempt {attempt} {} ms after its dispatch: the dispatch never reached it",
+                        now_ms - started
+                    ),
+                    file: String::new(),
+                    offset: 0,
+                    retriable: true,
+                    at_ms: now_ms,
+                },
+                now_ms,
+            );
         }
     }
 

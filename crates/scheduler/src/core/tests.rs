@@ -57,6 +57,24 @@ fn success(files: Vec<FileMeta>) -> Outcome {
     }
 }
 
+/// Heartbeats every worker, each listing the attempts it was given, as real workers do.
+fn beat_all(c: &mut Core, now: i64) {
+    let beats: Vec<(u64, Vec<(u64, u32, Progress)>)> = c
+        .workers()
+        .map(|w| {
+            let running = w
+                .assigned
+                .iter()
+                .map(|&(t, a)| (t, a, Progress::default()))
+                .collect();
+            (w.record.id, running)
+        })
+        .collect();
+    for (w, running) in beats {
+        c.heartbeat(w, &running, now);
+    }
+}
+
 /// A core with table `t` and two flushers.
 fn setup() -> (Core, u64, u64) {
     let mut c = Core::new(cfg());
@@ -168,8 +186,10 @@ fn heartbeats_without_progress_make_the_task_stuck() {
         );
     }
     now += 600;
-    c.heartbeat(a, &[], now);
-    c.heartbeat(b, &[], now);
+    // Still listed, still without progress.
+    let other = if w == a { b } else { a };
+    c.heartbeat(w, &[(id, 1, p)], now);
+    c.heartbeat(other, &[], now);
     c.tick(now);
     let t = c.task(id).expect("task");
     assert_eq!(t.state, TaskState::Pending);
@@ -647,10 +667,7 @@ fn flushes_commit_in_sequence_order_and_the_checkpoint_only_covers_a_contiguous_
         vec![third]
     );
     // Staged work does not expire while it waits for its turn.
-    let live: Vec<u64> = c.workers().map(|w| w.record.id).collect();
-    for w in &live {
-        c.heartbeat(*w, &[], T0 + 5000);
-    }
+    beat_all(&mut c, T0 + 5000);
     c.tick(T0 + 5000);
     assert_eq!(c.task(second).map(|t| t.state), Some(TaskState::Running));
     // The earlier one commits: both land, in order, and the checkpoint covers both.
@@ -692,8 +709,7 @@ fn every_table_gets_a_replay_that_starts_at_the_checkpoint_current_at_dispatch()
         .collect();
     assert_eq!(replays.len(), 2);
     // A flush of `t` commits meanwhile (an earlier replayer's), moving the checkpoint.
-    let f = c
-        .register_worker("flusher", "f", "f:1", 1, "v", T0)
+    c.register_worker("flusher", "f", "f:1", 1, "v", T0)
         .expect("f");
     let fl = c.submit(chained_flush(1, 0, 10), 100, T0).expect("flush");
     let d = c.tick(T0 + 1);
@@ -723,8 +739,7 @@ fn every_table_gets_a_replay_that_starts_at_the_checkpoint_current_at_dispatch()
     let mut now = T0 + 3;
     for _ in 0..20 {
         now += 900;
-        c.heartbeat(r, &[], now);
-        c.heartbeat(f, &[], now);
+        beat_all(&mut c, now);
         assert!(c.tick(now).is_empty());
     }
     assert!(
@@ -1396,11 +1411,10 @@ fn a_flush_cancelled_by_a_replay_dispatched_in_the_same_round_is_not_dispatched(
     config.assign_replays = true;
     let mut c = Core::new(config);
     c.create_table("t", vec![], T0).expect("t");
-    let r1 = c
-        .register_worker("replayer", "r1", "r1:1", 4, "v", T0)
+    c.register_worker("replayer", "r1", "r1:1", 4, "v", T0)
         .expect("r1");
     let replay = c.tick(T0)[0].task_id;
-    c.heartbeat(r1, &[], T0 + 19_900);
+    beat_all(&mut c, T0 + 19_900);
     // Its replayer asks for a flush long after the replay task was queued: with aging, the
     // replay's retry now comes first in a dispatch round.
     let (task, attempt, _) = c.replay_owner("t").expect("owner");
