@@ -109,9 +109,12 @@ fn hostile_requests_to_worker_rpcs_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = DataCluster::start(
         dir.path(),
+        // Nothing changes the files on its own while the test compares before and after.
         &[
             ("DP__CLEANUP__INTERVAL", "1h"),
             ("DP__STATISTICS__INTERVAL", "1h"),
+            ("DP__COMPACTION__TRIGGER_THRESHOLD", "64"),
+            ("DP__COMPACTION__SIZE_TIERED__MAX_THRESHOLD", "64"),
         ],
     );
     c.start_flusher();
