@@ -343,8 +343,15 @@ fn a_corrupt_sst_among_sixteen_inputs_is_quarantined_alone_and_released_after_re
             part.to_str().unwrap(),
         ]);
         assert_eq!(o.code, 0, "load: {}", o.stderr);
-        let o = c.admin(&["flush", "t"]);
-        assert_eq!(o.code, 0, "flush: {}", o.stderr);
+        // Right after the table is created its replay may not be assigned yet (the
+        // scheduler refuses a flush of a table no replayer holds): ask until it is.
+        let mut last = String::new();
+        let flushed = wait_until(Duration::from_secs(30), || {
+            let o = c.admin(&["flush", "t"]);
+            last = o.stderr;
+            o.code == 0
+        });
+        assert!(flushed, "flush: {last}");
         c.wait_flushed(
             "t",
             DataCluster::last_acked(&part, "t"),

@@ -197,6 +197,37 @@ fn heartbeats_without_progress_make_the_task_stuck() {
 }
 
 #[test]
+fn a_dispatch_its_live_worker_never_lists_is_retried_after_a_heartbeat_timeout() {
+    let (mut c, a, b) = setup();
+    let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
+    let w = c.tick(T0)[0].worker_id;
+    let other = if w == a { b } else { a };
+    // The scheduler recorded the dispatch but it never arrived: the worker is alive and
+    // heartbeats, without the attempt. Within a heartbeat timeout that may be a dispatch
+    // still on its way.
+    c.heartbeat(w, &[], T0 + 500);
+    c.heartbeat(other, &[], T0 + 500);
+    assert_eq!(c.task(id).map(|t| t.state), Some(TaskState::Running));
+    // Past it, the attempt is lost and retried at once, not after the stuck timeout.
+    c.heartbeat(w, &[], T0 + 1200);
+    c.heartbeat(other, &[], T0 + 1200);
+    let t = c.task(id).expect("task");
+    assert_eq!(t.state, TaskState::Pending);
+    assert!(
+        t.errors
+            .last()
+            .is_some_and(|e| e.message.contains("never reached")),
+        "{:?}",
+        t.errors
+    );
+    let d = c.tick(T0 + 1500);
+    assert_eq!(
+        d.iter().map(|d| (d.task_id, d.attempt)).collect::<Vec<_>>(),
+        [(id, 2)]
+    );
+}
+
+#[test]
 fn progress_keeps_a_long_task_alive() {
     let (mut c, a, b) = setup();
     let id = c.submit(flush_spec(1, 10), 100, T0).expect("submit");
