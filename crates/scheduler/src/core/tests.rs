@@ -59,7 +59,8 @@ fn success(files: Vec<FileMeta>) -> Outcome {
 
 /// Heartbeats every worker, each listing the attempts it was given, as real workers do.
 fn beat_all(c: &mut Core, now: i64) {
-    let beats: Vec<(u64, Vec<(u64, u32, Progress)>)> = c
+    type Beat = (u64, Vec<(u64, u32, Progress)>);
+    let beats: Vec<Beat> = c
         .workers()
         .map(|w| {
             let running = w
