@@ -7,24 +7,7 @@ use proto::v1 as pb;
 use tests::cluster::Sched;
 use tonic::Code;
 
-fn check<T: std::fmt::Debug>(
-    what: &str,
-    r: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-    mentions: &str,
-) {
-    match r {
-        Ok(v) => panic!("{what}: expected {code:?}, got {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "{what}: {}", s.message());
-            assert!(
-                s.message().contains(mentions),
-                "{what}: message {:?} should mention {mentions:?}",
-                s.message()
-            );
-        }
-    }
-}
+use tests::check_status as check;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_errors_and_change_nothing() {

@@ -17,24 +17,7 @@ use proto::v1::replayer_client::ReplayerClient;
 use tests::data::DataCluster;
 use tonic::Code;
 
-fn check<T: std::fmt::Debug>(
-    what: &str,
-    r: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-    mentions: &str,
-) {
-    match r {
-        Ok(v) => panic!("{what}: expected {code:?}, got {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "{what}: {}", s.message());
-            assert!(
-                s.message().contains(mentions),
-                "{what}: message {:?} should mention {mentions:?}",
-                s.message()
-            );
-        }
-    }
-}
+use tests::check_status as check;
 
 fn dispatch(task_id: u64, attempt: u32) -> Option<pb::DispatchRequest> {
     Some(pb::DispatchRequest { task_id, attempt })

@@ -20,40 +20,6 @@ const FAST: [(&str, &str); 5] = [
     ("DP__SCHEDULER__STUCK_TIMEOUT", "60s"),
 ];
 
-fn load(c: &DataCluster, table: &str, keys: u64, seed: u64, oracle: &std::path::Path) {
-    let o = c.admin(&[
-        "load",
-        table,
-        "--keys",
-        &keys.to_string(),
-        "--value-size",
-        "100",
-        "--overwrite-ratio",
-        "0.3",
-        "--delete-ratio",
-        "0.1",
-        "--seed",
-        &seed.to_string(),
-        "--oracle",
-        oracle.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, 0, "load: {}", o.stderr);
-}
-
-/// No compaction is pending or running.
-fn compactions_idle(c: &DataCluster) -> bool {
-    let o = c.admin(&["tasks", "list", "--json"]);
-    o.code == 0
-        && serde_json::from_str::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
-            v.as_array().is_some_and(|ts| {
-                !ts.iter().any(|t| {
-                    t["type"] == "compaction"
-                        && (t["state"] == "pending" || t["state"] == "running")
-                })
-            })
-        })
-}
-
 #[test]
 fn a_compactor_killed_before_reporting_leaves_orphans_that_are_never_committed_and_are_cleaned_up()
 {
@@ -62,7 +28,7 @@ fn a_compactor_killed_before_reporting_leaves_orphans_that_are_never_committed_a
     c.start_flusher();
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
-    load(&c, "t", 8000, 11, &oracle);
+    c.load("t", 8000, 11, (0.3, 0.1), &oracle);
     c.wait_flushed(
         "t",
         DataCluster::last_acked(&oracle, "t"),
@@ -88,7 +54,7 @@ fn a_compactor_killed_before_reporting_leaves_orphans_that_are_never_committed_a
     // A healthy compactor retries the task (after the dead one's lease expires).
     c.start_compactor();
     let done = wait_until(Duration::from_secs(60), || {
-        c.level_counts("t").iter().skip(1).any(|n| *n > 0) && compactions_idle(&c)
+        c.level_counts("t").iter().skip(1).any(|n| *n > 0) && c.idle(&["compaction"])
     });
     assert!(
         done,
@@ -220,7 +186,7 @@ fn cleanup_racing_flushes_and_compactions_never_deletes_a_file_the_manifest_need
         DataCluster::last_acked(&oracle, "t"),
         Duration::from_secs(60),
     );
-    let idle = wait_until(Duration::from_secs(60), || compactions_idle(&c));
+    let idle = wait_until(Duration::from_secs(60), || c.idle(&["compaction"]));
     assert!(idle, "compactions never settled");
     // Compactions really ran during the race, and cleanup really deleted things.
     let compacted = c.admin_json(&["tasks", "list", "--state", "succeeded"]);
@@ -262,7 +228,7 @@ fn size_tiered_compaction_runs_for_real_and_keeps_every_acknowledged_write() {
     c.start_compactor();
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
-    load(&c, "t", 10000, 13, &oracle);
+    c.load("t", 10000, 13, (0.3, 0.1), &oracle);
     c.wait_flushed(
         "t",
         DataCluster::last_acked(&oracle, "t"),
@@ -270,7 +236,7 @@ fn size_tiered_compaction_runs_for_real_and_keeps_every_acknowledged_write() {
     );
     let compacted = wait_until(Duration::from_secs(60), || {
         let o = c.admin(&["tasks", "list", "--state", "succeeded", "--json"]);
-        o.stdout.contains("\"compaction\"") && compactions_idle(&c)
+        o.stdout.contains("\"compaction\"") && c.idle(&["compaction"])
     });
     assert!(compacted, "no size-tiered compaction ran");
     c.check_oracle(&oracle, &["t"]);
@@ -508,7 +474,7 @@ fn every_metric_the_dashboard_and_alerts_query_is_exported_by_a_running_service(
     c.start_compactor();
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
-    load(&c, "t", 8000, 31, &oracle);
+    c.load("t", 8000, 31, (0.3, 0.1), &oracle);
     c.wait_flushed(
         "t",
         DataCluster::last_acked(&oracle, "t"),
@@ -611,7 +577,7 @@ async fn what_if_plans_show_exactly_what_the_pickers_choose_on_a_real_manifest()
         c.start_flusher();
         c.create_tables(&["t"]);
         let oracle = dir.path().join("oracle.jsonl");
-        load(&c, "t", 8000, 41, &oracle);
+        c.load("t", 8000, 41, (0.3, 0.1), &oracle);
         c.wait_flushed(
             "t",
             DataCluster::last_acked(&oracle, "t"),

@@ -600,23 +600,7 @@ fn two_compactions_together_write_at_the_io_budget() {
 }
 
 fn load_into(c: &DataCluster, table: &str, keys: u64, seed: u64, oracle: &std::path::Path) {
-    let o = c.admin(&[
-        "load",
-        table,
-        "--keys",
-        &keys.to_string(),
-        "--value-size",
-        "100",
-        "--overwrite-ratio",
-        "0.2",
-        "--delete-ratio",
-        "0.1",
-        "--seed",
-        &seed.to_string(),
-        "--oracle",
-        oracle.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, 0, "load: {}", o.stderr);
+    c.load(table, keys, seed, (0.2, 0.1), oracle);
     c.wait_flushed(
         table,
         DataCluster::last_acked(oracle, table),

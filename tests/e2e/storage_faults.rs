@@ -15,26 +15,6 @@ use std::time::Duration;
 use tests::data::{DataCluster, tail};
 use tests::{http_get, wait_until};
 
-fn load(c: &DataCluster, table: &str, keys: u64, seed: u64, oracle: &Path) {
-    let o = c.admin(&[
-        "load",
-        table,
-        "--keys",
-        &keys.to_string(),
-        "--value-size",
-        "100",
-        "--overwrite-ratio",
-        "0.3",
-        "--delete-ratio",
-        "0.1",
-        "--seed",
-        &seed.to_string(),
-        "--oracle",
-        oracle.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, 0, "load: {}", o.stderr);
-}
-
 /// Sum of `storage_faults_injected_total` on `http_port`'s /metrics, for the given kinds.
 fn injected(http_port: u16, kinds: &[&str]) -> u64 {
     let Ok((200, body)) = http_get(http_port, "/metrics") else {
@@ -45,20 +25,6 @@ fn injected(http_port: u16, kinds: &[&str]) -> u64 {
         .filter(|l| kinds.iter().any(|k| l.contains(&format!("kind=\"{k}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-/// No flush or compaction is pending or running.
-fn idle(c: &DataCluster) -> bool {
-    let o = c.admin(&["tasks", "list", "--json"]);
-    o.code == 0
-        && serde_json::from_str::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
-            v.as_array().is_some_and(|ts| {
-                !ts.iter().any(|t| {
-                    (t["type"] == "compaction" || t["type"] == "memtable_flush")
-                        && (t["state"] == "pending" || t["state"] == "running")
-                })
-            })
-        })
 }
 
 const FAULTS: [(&str, &str); 10] = [
@@ -85,13 +51,13 @@ fn failing_and_slow_storage_loses_nothing_and_the_work_completes() {
     let oracle = dir.path().join("oracle.jsonl");
     // The load generator writes the WAL without faults: it stands for the engine's
     // writers, whose acknowledgements the oracle records.
-    load(&c, "t", 6000, 1, &oracle);
-    load(&c, "u", 3000, 2, &oracle);
+    c.load("t", 6000, 1, (0.3, 0.1), &oracle);
+    c.load("u", 3000, 2, (0.3, 0.1), &oracle);
 
     // The replayer restarts mid-way and replays the WAL through the faulty storage.
     DataCluster::kill(&mut c.replayer);
     c.start_replayer();
-    load(&c, "t", 3000, 3, &oracle);
+    c.load("t", 3000, 3, (0.3, 0.1), &oracle);
 
     for t in ["t", "u"] {
         let acked = DataCluster::last_acked(&oracle, t);
@@ -113,7 +79,8 @@ fn failing_and_slow_storage_loses_nothing_and_the_work_completes() {
         }
     }
     assert!(
-        wait_until(Duration::from_secs(180), || idle(&c)),
+        wait_until(Duration::from_secs(180), || c
+            .idle(&["compaction", "memtable_flush"])),
         "flushes and compactions settle despite the faults: {}\n{}\nflusher log: {}",
         c.admin(&["processor", "queue-status"]).stdout,
         serde_json::from_str::<serde_json::Value>(&c.admin(&["tasks", "list", "--json"]).stdout)
@@ -238,7 +205,7 @@ fn a_full_disk_refuses_flushes_loses_nothing_and_work_resumes_when_space_returns
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
     // Written while no flusher runs: the data sits in the WAL and the replayer's memtables.
-    load(&c, "t", 6000, 7, &oracle);
+    c.load("t", 6000, 7, (0.3, 0.1), &oracle);
     let acked = DataCluster::last_acked(&oracle, "t");
 
     // Fill the volume, leaving less than one memtable's SST needs.

@@ -292,6 +292,51 @@ impl DataCluster {
             .unwrap()
     }
 
+    /// `storage-admin load` of `keys` seeded writes of 100-byte values into `table`, with
+    /// the given overwrite and delete ratios, appending the acknowledged ones to `oracle`;
+    /// it must succeed.
+    pub fn load(
+        &self,
+        table: &str,
+        keys: u64,
+        seed: u64,
+        (overwrite, delete): (f64, f64),
+        oracle: &Path,
+    ) {
+        let o = self.admin(&[
+            "load",
+            table,
+            "--keys",
+            &keys.to_string(),
+            "--value-size",
+            "100",
+            "--overwrite-ratio",
+            &overwrite.to_string(),
+            "--delete-ratio",
+            &delete.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--oracle",
+            oracle.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "load: {}", o.stderr);
+    }
+
+    /// True when no task of the given types (`compaction`, `memtable_flush`, ...) is
+    /// pending or running.
+    pub fn idle(&self, types: &[&str]) -> bool {
+        let o = self.admin(&["tasks", "list", "--json"]);
+        o.code == 0
+            && serde_json::from_str::<Value>(&o.stdout).is_ok_and(|v| {
+                v.as_array().is_some_and(|ts| {
+                    !ts.iter().any(|t| {
+                        types.iter().any(|ty| t["type"] == *ty)
+                            && (t["state"] == "pending" || t["state"] == "running")
+                    })
+                })
+            })
+    }
+
     /// `storage-admin ... --json`, which must succeed.
     pub fn admin_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();

@@ -21,6 +21,27 @@ pub fn report_line(line: &str) {
     let _ = writeln!(err, "{line}");
 }
 
+/// Asserts that the call `what` failed with `code` and a message that mentions `mentions`
+/// (the errors of hostile requests must say what was wrong).
+pub fn check_status<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+    mentions: &str,
+) {
+    match r {
+        Ok(v) => panic!("{what}: expected {code:?}, got {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{what}: {}", s.message());
+            assert!(
+                s.message().contains(mentions),
+                "{what}: message {:?} should mention {mentions:?}",
+                s.message()
+            );
+        }
+    }
+}
+
 pub mod cluster;
 pub mod data;
 pub mod fake;
