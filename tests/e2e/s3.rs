@@ -124,23 +124,7 @@ fn flush_compaction_and_cleanup_run_on_s3_and_nothing_acknowledged_is_lost() {
     c.start_compactor();
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
-    let o = c.admin(&[
-        "load",
-        "t",
-        "--keys",
-        "8000",
-        "--value-size",
-        "100",
-        "--overwrite-ratio",
-        "0.3",
-        "--delete-ratio",
-        "0.1",
-        "--seed",
-        "51",
-        "--oracle",
-        oracle.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, 0, "load on s3: {}", o.stderr);
+    c.load("t", 8000, 51, (0.3, 0.1), &oracle);
     c.wait_flushed(
         "t",
         DataCluster::last_acked(&oracle, "t"),

@@ -232,23 +232,7 @@ fn a_closed_maintenance_window_defers_deep_compactions_and_cleanup_until_it_open
     c.start_compactor();
     c.create_tables(&["t"]);
     let oracle = dir.path().join("oracle.jsonl");
-    let o = c.admin(&[
-        "load",
-        "t",
-        "--keys",
-        "8000",
-        "--value-size",
-        "100",
-        "--overwrite-ratio",
-        "0.3",
-        "--delete-ratio",
-        "0.1",
-        "--seed",
-        "9",
-        "--oracle",
-        oracle.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, 0, "load: {}", o.stderr);
+    c.load("t", 8000, 9, (0.3, 0.1), &oracle);
     let mut seen_deep = Vec::new();
     let mut seen_cleanup = Vec::new();
     let why = format!("outside scheduler.maintenance_windows {window}");
