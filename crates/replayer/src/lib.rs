@@ -222,6 +222,7 @@ async fn replay_table(
                 poll
             }
             PassOutcome::NothingNew | PassOutcome::Stalled => poll,
+            PassOutcome::Relist => Duration::ZERO,
             PassOutcome::Storage(e) => {
                 tracing::warn!(parent: &span, error = %e, "reading the wal failed; retrying");
                 // Back off on failures in a row, not on a pass that failed after making

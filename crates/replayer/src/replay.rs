@@ -24,6 +24,9 @@ pub enum PassOutcome {
     NothingNew,
     /// Too many memtables are frozen: reading stopped until flushes commit.
     Stalled,
+    /// The listing missed a segment created while it ran (a directory listing is not a
+    /// snapshot); what preceded the hole was applied. Pass again at once.
+    Relist,
     /// The log is damaged where the recovery mode does not allow it: replay must stop.
     Damaged(ReplayError),
     /// The store failed (a transient error, retried by the caller).
@@ -135,6 +138,14 @@ pub async fn pass(
                 }
             }
             Ok(None) => break,
+            Err(WalError::MissingSegment {
+                segment,
+                last_seq,
+                next_first_seq,
+                ..
+            }) => {
+                return missing_segment(input, state, segment, last_seq, next_first_seq).await;
+            }
             Err(e) if e.is_damage() || matches!(e, WalError::UnsupportedVersion { .. }) => {
                 let (segment, offset) = match &e {
                     WalError::TornTail {
@@ -161,6 +172,52 @@ pub async fn pass(
         tracing::warn!(table = input.table, mode = %input.mode, "replay passed damaged wal: {damage}");
     }
     PassOutcome::CaughtUp { newest }
+}
+
+/// A hole in the listing after `segment` (it ends at `last_seq`, the next listed segment
+/// starts at `next_first_seq`). Writers create segments one after another, so a segment
+/// holding `last_seq + 1` existed before the listing that saw its successor ended; a new
+/// listing sees it, unless it is gone. Gone is damage in every recovery mode: no mode skips
+/// acknowledged writes it cannot even see.
+async fn missing_segment(
+    input: &PassInput<'_>,
+    state: &Mutex<TableState>,
+    segment: String,
+    last_seq: SeqNo,
+    next_first_seq: SeqNo,
+) -> PassOutcome {
+    let relisted = match WalReader::open(input.storage, input.table).await {
+        Ok(r) => r,
+        Err(e) => return PassOutcome::Storage(e),
+    };
+    if relisted
+        .segments()
+        .iter()
+        .any(|s| s.first_seq > last_seq && s.first_seq < next_first_seq)
+    {
+        tracing::debug!(
+            table = input.table,
+            after = %segment,
+            last_seq,
+            "the wal listing missed a segment written meanwhile; listing again"
+        );
+        return PassOutcome::Relist;
+    }
+    let applied_seq = state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .applied_seq();
+    PassOutcome::Damaged(ReplayError {
+        table: input.table.to_owned(),
+        message: format!(
+            "seqs {}..={} are missing from the wal: segment {segment} ends at seq {last_seq} and the next one starts at {next_first_seq}",
+            last_seq + 1,
+            next_first_seq - 1
+        ),
+        segment,
+        offset: 0,
+        applied_seq,
+    })
 }
 
 /// The configured recovery mode, or the spec's when it names one.
@@ -229,6 +286,43 @@ mod tests {
         let mut frozen = Vec::new();
         let mut stats = PassStats::default();
         pass(&input, st, &mut frozen, &mut stats).await
+    }
+
+    /// A segment missing from a listing: when it exists (the listing raced its creation)
+    /// the pass asks to list again and the next pass applies everything; when it is gone
+    /// the replay stops with an error naming the missing seqs, nothing past them applied.
+    #[tokio::test]
+    async fn a_hole_in_the_listing_is_listed_again_or_reported_when_real() {
+        let storage = Storage::in_memory();
+        let segs = five_segments(&storage).await;
+        let st = Mutex::new(TableState::new("t", 0, 1, 0));
+        let ids = AtomicU64::new(100);
+        let input = PassInput {
+            storage: &storage,
+            table: "t",
+            mode: RecoveryMode::TolerateCorruptedTail,
+            batch_size: 3,
+            limits: LIMITS,
+            last_read: None,
+            ids: &ids,
+            now_ms: &|| 0,
+        };
+        let seg = |i: usize| segs[i].location.to_string();
+        let raced = missing_segment(&input, &st, seg(1), 4, 7).await;
+        assert!(matches!(raced, PassOutcome::Relist), "{raced:?}");
+
+        storage.delete(&segs[2].location).await.expect("delete");
+        let out = run(&storage, RecoveryMode::SkipCorrupted, &st).await;
+        let PassOutcome::Damaged(err) = out else {
+            panic!("a missing segment must stop the replay: {out:?}");
+        };
+        assert_eq!(err.applied_seq, 4);
+        assert!(
+            err.message.contains("seqs 5..=6 are missing"),
+            "{}",
+            err.message
+        );
+        assert_eq!(st.lock().expect("lock").applied_seq(), 4);
     }
 
     #[tokio::test]

@@ -207,6 +207,15 @@ impl TableState {
             memtable,
             requested_at_ms: 0,
         };
+        tracing::info!(
+            table = %self.table,
+            memtable_id = frozen.memtable.id(),
+            after_seq = frozen.after_seq,
+            first_seq = frozen.first_seq,
+            last_seq = frozen.last_seq,
+            entries = frozen.memtable.len(),
+            "memtable frozen"
+        );
         self.active_after = self.applied_seq;
         self.active_opened_ms = now_ms;
         self.frozen.push_back(frozen.clone());
@@ -229,7 +238,9 @@ impl TableState {
             .front()
             .is_some_and(|f| f.last_seq <= self.checkpoint)
         {
-            self.frozen.pop_front();
+            if let Some(f) = self.frozen.pop_front() {
+                tracing::info!(table = %self.table, memtable_id = f.memtable.id(), last_seq = f.last_seq, checkpoint = self.checkpoint, "memtable released");
+            }
         }
         before - self.frozen.len()
     }

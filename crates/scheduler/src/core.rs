@@ -1899,6 +1899,16 @@ impl Core {
                         }
                         _ => manifest.checkpoint,
                     };
+                    tracing::info!(
+                        task_id,
+                        attempt,
+                        table = %table,
+                        kind = spec.kind().label(),
+                        added = ?edit.added.iter().map(|(l, f)| (*l, f.id, f.smallest_seq, f.largest_seq)).collect::<Vec<_>>(),
+                        removed = ?edit.removed,
+                        checkpoint,
+                        "manifest edit committed"
+                    );
                     let version = manifest.version + 1;
                     let l0 = next.levels.first().map_or(0, |l| l.len()) as u32;
                     self.forecast.record_l0(&table, l0, now_ms);

@@ -104,6 +104,22 @@ pub enum WalError {
     )]
     Poisoned { table: String, segment: String },
 
+    /// Between two segments of a listing, sequence numbers no segment holds: the segment
+    /// after `segment` (which ends at `last_seq`) starts at `next_first_seq`. Writers number
+    /// segments without holes, so either the listing missed a segment created while it ran
+    /// (a directory listing is not a snapshot: list again) or a segment is gone.
+    #[error(
+        "wal of table {table}: no segment holds seqs {}..={} (segment {segment} ends at seq {last_seq}, the next starts at {next_first_seq})",
+        .last_seq + 1,
+        .next_first_seq - 1
+    )]
+    MissingSegment {
+        table: String,
+        segment: String,
+        last_seq: SeqNo,
+        next_first_seq: SeqNo,
+    },
+
     #[error("empty write batch for table {table}")]
     EmptyBatch { table: String },
 

@@ -253,6 +253,19 @@ impl WalChunks {
         if let Some(last) = decoded.last_seq() {
             self.report.last_seq = Some(last);
         }
+        // Writers number segments without holes: an intact segment ends just below the
+        // next one (a segment without records owns its first seq). A hole means the
+        // listing missed a segment (or one is gone): nothing after it may be read.
+        let hole = match (decoded.damage.is_empty(), next_first_seq) {
+            (true, Some(next)) => {
+                let end = decoded
+                    .last_seq()
+                    .unwrap_or(info.first_seq)
+                    .max(info.first_seq);
+                (next > end + 1).then_some((end, next))
+            }
+            _ => None,
+        };
         for damage in &decoded.damage {
             tracing::warn!(table = %self.table, mode = %self.mode, "{damage}");
         }
@@ -263,7 +276,17 @@ impl WalChunks {
         if decoded.stop {
             self.fetches = None;
         }
-        Ok(())
+        match hole {
+            Some((last_seq, next_first_seq)) if next_first_seq > from => {
+                Err(WalError::MissingSegment {
+                    table: self.table.to_string(),
+                    segment,
+                    last_seq,
+                    next_first_seq,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What the read has survived so far.

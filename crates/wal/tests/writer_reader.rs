@@ -359,3 +359,43 @@ async fn foreign_objects_in_the_wal_directory_are_ignored() {
     assert_eq!(reader.segments().len(), 1);
     assert_eq!(read_all(&storage, "t", 0).await.len(), 2);
 }
+
+/// A listing that misses a segment (one created while a directory listing ran, or one that
+/// is gone) must not be read past: the entries before the hole come out, then an error
+/// naming the missing seqs; a read that starts after the hole is unaffected.
+#[tokio::test]
+async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
+    let storage = Storage::in_memory();
+    let w = WalWriter::open(storage.clone(), "t", WalWriterConfig::default())
+        .await
+        .expect("open");
+    let mut segments = Vec::new();
+    for i in 0..3 {
+        segments.push(w.append(batch(i, 4)).await.expect("append").segment);
+    }
+    drop(w);
+    storage.delete(&segments[1]).await.expect("delete");
+
+    let reader = WalReader::open(&storage, "t").await.expect("open");
+    let mut chunks = reader.read_from(1, 100, RecoveryMode::SkipCorrupted);
+    let first = chunks.next_chunk().await.expect("entries before the hole");
+    assert_eq!(seqs(&first.unwrap_or_default()), vec![1, 2, 3, 4]);
+    let err = chunks.next_chunk().await.expect_err("the hole");
+    assert!(
+        matches!(
+            err,
+            WalError::MissingSegment {
+                last_seq: 4,
+                next_first_seq: 9,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("no segment holds seqs 5..=8"),
+        "{err}"
+    );
+
+    assert_eq!(seqs(&read_all(&storage, "t", 9).await), vec![9, 10, 11, 12]);
+}
