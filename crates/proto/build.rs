@@ -33,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Methods a service does not implement yet answer UNIMPLEMENTED.
         .generate_default_stubs(true)
         .compile_fds(fds)?;
-    println!("cargo:rerun-if-changed={}", root.display());
+    // Relative to this package: checkouts sharing a target directory share this build
+    // script's output (cargo hashes workspace paths relative to the workspace), and an
+    // absolute path would make each watch the other's files.
+    println!("cargo:rerun-if-changed=../../proto");
     Ok(())
 }
