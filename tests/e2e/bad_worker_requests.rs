@@ -67,6 +67,7 @@ fn compaction(f: impl FnOnce(&mut pb::CompactionSpec)) -> pb::CompactLevelReques
         io_bytes_per_sec: 0,
         reason: "hostile".into(),
         max_subcompactions: 1,
+        wal_inputs: vec![],
     };
     f(&mut spec);
     pb::CompactLevelRequest {
@@ -253,6 +254,23 @@ fn hostile_requests_to_worker_rpcs_are_refused_and_change_nothing() {
             k.compact_level(compaction(|s| s.trivial_move = true)).await,
             bad,
             "trivial move",
+        );
+        check(
+            "compaction: a wal input without an id for it",
+            k.compact_level(compaction(|s| s.wal_inputs = vec![5]))
+                .await,
+            bad,
+            "wal inputs",
+        );
+        check(
+            "compaction: wal input seq 0",
+            k.compact_level(compaction(|s| {
+                s.wal_inputs = vec![0];
+                s.output_file_ids = vec![900_002, 900_003];
+            }))
+            .await,
+            bad,
+            "spec.wal_inputs",
         );
 
         // Compactor: cleanup and statistics.

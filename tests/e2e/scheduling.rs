@@ -8,6 +8,9 @@
 //!   set aside alone; everything else is compacted; after the file is replaced and
 //!   released, it is compacted too and every acknowledged write reads back.
 //! - IO budget: compactions together write at `scheduler.io_budget`.
+//! - WAL quarantine: a corrupt segment in the middle of a log is quarantined, replay goes
+//!   on without it, Cleanup keeps it; released after repair, a full compaction merges its
+//!   writes back in.
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -393,7 +396,7 @@ fn a_corrupt_sst_among_sixteen_inputs_is_quarantined_alone_and_released_after_re
     assert!(error.to_lowercase().contains("corrupt"), "{error}");
     let text = c.admin(&["processor", "queue-status"]).stdout;
     assert!(
-        text.contains(&format!("quarantined: table t file {bad}")),
+        text.contains(&format!("quarantined: table t sst {bad}")),
         "{text}"
     );
 
@@ -740,4 +743,158 @@ fn a_forced_stall_preempts_a_long_deep_compaction_whose_partial_result_is_correc
     std::fs::write(&oracle, all).unwrap();
     c.check_oracle(&oracle, &["deep"]);
     c.check_oracle(&hot_oracle, &["hot"]);
+}
+
+/// The WAL segments of `table` on disk, oldest first: (first seq, path).
+fn wal_segments(c: &DataCluster, table: &str) -> Vec<(u64, std::path::PathBuf)> {
+    let dir = c.dir.join("storage/tables").join(table).join("wal");
+    let mut segs: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let seq = p.file_stem()?.to_str()?.parse().ok()?;
+            (p.extension()? == "wal").then_some((seq, p))
+        })
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// A corrupt WAL segment in the middle of a log: replay fails on it twice, the segment is
+/// quarantined (named with its error), and replay goes on without it — later writes are
+/// applied and flushed, the segment's writes stay invisible, Cleanup keeps it although the
+/// checkpoint passed it. After a good copy is put back and it is released, a repair
+/// compaction merges its writes in: every acknowledged write reads back, nothing is left in
+/// quarantine, and Cleanup may then delete the segment.
+#[test]
+fn a_corrupt_wal_segment_is_quarantined_replay_goes_on_and_its_repair_restores_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = DataCluster::start(dir.path(), &LEVELS);
+    c.start_flusher();
+    c.start_compactor();
+    c.create_tables(&["t"]);
+    let first = dir.path().join("first.jsonl");
+    c.load("t", 2000, 1, (0.3, 0.1), &first);
+    c.wait_flushed(
+        "t",
+        DataCluster::last_acked(&first, "t"),
+        Duration::from_secs(60),
+    );
+
+    // Writes the replayer has not read yet, then one of their segments is damaged.
+    DataCluster::kill(&mut c.replayer);
+    let checkpoint = c.checkpoint("t");
+    let second = dir.path().join("second.jsonl");
+    c.load("t", 3000, 2, (0.3, 0.1), &second);
+    let fresh: Vec<(u64, std::path::PathBuf)> = wal_segments(&c, "t")
+        .into_iter()
+        .filter(|(s, _)| *s > checkpoint)
+        .collect();
+    assert!(fresh.len() >= 3, "{fresh:?}");
+    let (seg_first, seg) = fresh[fresh.len() / 2].clone();
+    let seg_last = fresh[fresh.len() / 2 + 1].0 - 1;
+    let good = std::fs::read(&seg).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 4;
+    bad[at] ^= 0x5a;
+    std::fs::write(&seg, &bad).unwrap();
+    c.start_replayer();
+
+    // Quarantined, named with its error.
+    let mut entry = Value::Null;
+    let found = wait_until(Duration::from_secs(60), || {
+        let q = c.admin_json(&["processor", "queue-status"]);
+        entry = q["quarantined"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["kind"] == "wal").cloned())
+            .unwrap_or(Value::Null);
+        !entry.is_null()
+    });
+    assert!(
+        found,
+        "the segment was never quarantined; replayer log:\n{}",
+        tail(&c.replayer.as_ref().unwrap().log_text(), 30)
+    );
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert!(entry["path"].as_str().unwrap().ends_with(name), "{entry}");
+    assert_eq!(entry["first_seq"], seg_first, "{entry}");
+    assert!(
+        entry["error"].as_str().unwrap().contains("corrupt record"),
+        "{entry}"
+    );
+    let text = c.admin(&["processor", "queue-status"]).stdout;
+    assert!(text.contains("quarantined: table t wal"), "{text}");
+
+    // Replay went on: everything after the segment is flushed.
+    let last = DataCluster::last_acked(&second, "t");
+    c.wait_flushed("t", last, Duration::from_secs(120));
+    let all = dir.path().join("all.jsonl");
+    let acked = tests::oracles::merge_oracles(&[first.clone(), second.clone()], &all);
+    let mut newest: std::collections::BTreeMap<String, (u64, Option<String>)> =
+        std::collections::BTreeMap::new();
+    for e in &acked {
+        if newest.get(&e.key).is_none_or(|(s, _)| *s < e.seq) {
+            newest.insert(e.key.clone(), (e.seq, e.value.clone()));
+        }
+    }
+    let got = c.scan_all("t");
+    let (mut outside, mut hidden) = (0, 0);
+    for (k, (seq, v)) in &newest {
+        if (seg_first..=seg_last).contains(seq) {
+            if got.get(k) != v.as_ref() {
+                hidden += 1;
+            }
+        } else {
+            outside += 1;
+            assert_eq!(got.get(k), v.as_ref(), "{k}: newest write at seq {seq}");
+        }
+    }
+    assert!(
+        outside > 0 && hidden > 0,
+        "outside {outside}, hidden {hidden}"
+    );
+
+    // Cleanup deletes the segments the checkpoint covers (all but the newest), but keeps
+    // the quarantined one.
+    let kept = wait_until(Duration::from_secs(30), || {
+        wal_segments(&c, "t")
+            .iter()
+            .filter(|(s, _)| *s != seg_first)
+            .count()
+            <= 1
+    });
+    assert!(kept, "cleanup never deleted the covered segments");
+    assert!(seg.exists(), "the quarantined segment was deleted");
+
+    // A good copy back, released: the repair merges its writes in.
+    std::fs::write(&seg, &good).unwrap();
+    let id = entry["file_id"].as_u64().unwrap().to_string();
+    let o = c.admin(&[
+        "processor",
+        "release-quarantined",
+        "--table",
+        "t",
+        "--file-id",
+        &id,
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let repaired = wait_until(Duration::from_secs(120), || {
+        c.admin_json(&["processor", "queue-status"])["quarantined"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    assert!(
+        repaired,
+        "the repair never committed: {}",
+        c.admin(&["tasks", "list"]).stdout
+    );
+    let checked = c.check_oracle(&all, &["t"]);
+    tests::report!(
+        "wal quarantine: {checked} keys checked after the repair; {hidden} were hidden while quarantined"
+    );
+    let gone = wait_until(Duration::from_secs(30), || !seg.exists());
+    assert!(
+        gone,
+        "the repaired segment is garbage once the checkpoint covers it"
+    );
 }

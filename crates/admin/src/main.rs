@@ -392,8 +392,10 @@ Examples:
   storage-admin processor queue-status
   storage-admin processor queue-status --json")]
     QueueStatus,
-    /// Put a quarantined file (a poison input found by bisection) back into compaction,
-    /// after replacing or checking it. `queue-status` lists the quarantined files.
+    /// Put a quarantined file back, after replacing or checking it: an SST (a poison input
+    /// found by bisection) returns to compaction; a WAL segment (one replay could not read)
+    /// gets repaired — a full compaction of its table merges its writes in, and it leaves
+    /// the list when that commits. `queue-status` lists the quarantined files with their ids.
     #[command(after_help = "\
 Examples:
   storage-admin processor release-quarantined --table orders --file-id 42")]
@@ -401,7 +403,7 @@ Examples:
         /// Table of the file.
         #[arg(long)]
         table: String,
-        /// Id of the quarantined SST.
+        /// Id of the quarantined file, as `queue-status` shows it.
         #[arg(long)]
         file_id: u64,
     },

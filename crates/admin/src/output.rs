@@ -202,12 +202,23 @@ pub fn queue(
                 .as_ref()
                 .map(|e| e.message.clone())
                 .unwrap_or_default();
+            let kind = if f.kind.is_empty() {
+                "sst"
+            } else {
+                f.kind.as_str()
+            };
+            let state = if f.repairing {
+                ", released: repair queued"
+            } else {
+                ""
+            };
             text.push_str(&format!(
-                "\nquarantined: table {} file {} ({}): {}",
+                "\nquarantined: table {} {kind} {} ({}{state}): {}",
                 f.table, f.file_id, f.path, error
             ));
             json!({ "table": f.table, "file_id": f.file_id, "path": f.path, "error": error,
-                    "since_ms": f.since_unix_ms })
+                    "since_ms": f.since_unix_ms, "kind": kind, "first_seq": f.first_seq,
+                    "repairing": f.repairing })
         })
         .collect();
     render(

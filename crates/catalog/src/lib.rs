@@ -389,17 +389,31 @@ mod tests {
             level: 0,
             error: task(1).errors[0].clone(),
             since_ms: 7,
+            wal: None,
+        };
+        let segment = QuarantineRecord {
+            file_id: 43,
+            wal: Some(WalQuarantine {
+                first_seq: 1001,
+                repair_task: 9,
+                released: true,
+            }),
+            ..q.clone()
         };
         {
             let cat = Catalog::open(dir.path()).expect("open");
             let mut b = CatalogBatch::new();
-            b.put_quarantine(&q);
+            b.put_quarantine(&q).put_quarantine(&segment);
             cat.write(b).expect("write");
         }
         let cat = Catalog::open(dir.path()).expect("reopen");
         assert_eq!(cat.load().expect("load").quarantined.get(&42), Some(&q));
+        assert_eq!(
+            cat.load().expect("load").quarantined.get(&43),
+            Some(&segment)
+        );
         let mut b = CatalogBatch::new();
-        b.delete_quarantine(42);
+        b.delete_quarantine(42).delete_quarantine(43);
         cat.write(b).expect("write");
         assert!(cat.load().expect("load").quarantined.is_empty());
     }

@@ -104,6 +104,9 @@ pub enum TaskSpec {
         /// An operator chose the start point: it is not moved up to the checkpoint.
         #[serde(default)]
         explicit_start: bool,
+        /// Quarantined segments (first seqs) the replay does not read.
+        #[serde(default)]
+        skip_segments: Vec<u64>,
     },
     MemtableFlush {
         table: String,
@@ -131,6 +134,10 @@ pub enum TaskSpec {
         target_file_size: u64,
         trivial_move: bool,
         reason: String,
+        /// WAL segments (first seqs) merged in as one more input: the repair of a released
+        /// quarantined segment.
+        #[serde(default)]
+        wal_inputs: Vec<u64>,
     },
     Cleanup {
         table: String,
@@ -272,4 +279,25 @@ pub struct QuarantineRecord {
     /// The corruption error of the probe that compacted it alone.
     pub error: ErrorRecord,
     pub since_ms: i64,
+    /// Set for a WAL segment replay could not read (then `file_id` is an id allocated for
+    /// the quarantine, not an SST's, and `level` is 0).
+    #[serde(default)]
+    pub wal: Option<WalQuarantine>,
+}
+
+/// A quarantined WAL segment: replay skips it (its writes stay out of the memtables),
+/// Cleanup keeps it, and no compaction of its table drops tombstones, until it is released
+/// and its repair compaction commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalQuarantine {
+    /// The segment's first sequence number (its name).
+    pub first_seq: u64,
+    /// The repair (a full compaction merging the segment) queued or running; 0: none.
+    #[serde(default)]
+    pub repair_task: u64,
+    /// Released by an operator (the segment was replaced by a good copy); until
+    /// `repair_task` is set the repair waits to be queued (files locked, or another file of
+    /// the table quarantined).
+    #[serde(default)]
+    pub released: bool,
 }

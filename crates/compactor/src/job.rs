@@ -88,7 +88,11 @@ pub async fn run_attempt(
     guard: AttemptGuard,
 ) {
     let started = Instant::now();
-    let result = compact_attempt(&ctx, &attempt.spec, &guard).await;
+    let result = if attempt.wal_inputs.is_empty() {
+        compact_attempt(&ctx, &attempt.spec, &guard, true).await
+    } else {
+        repair_attempt(&ctx, &attempt, &guard).await
+    };
     let outcome = finish(&ctx, &attempt, &guard, result, started).await;
     ctx.metrics
         .attempt_ended(outcome, started.elapsed(), attempt.spec.input_count());
@@ -193,6 +197,7 @@ async fn compact_attempt(
     ctx: &CompactionContext,
     spec: &CompactionSpec,
     guard: &AttemptGuard,
+    preemptible: bool,
 ) -> Result<Compacted, CompactionError> {
     ctx.storage.check_space(spec.input_bytes())?;
     check_inputs(&ctx.storage, spec)
@@ -223,7 +228,11 @@ async fn compact_attempt(
         cancel: guard.cancel.clone(),
         progress: Arc::new(Progress::default()),
         limiter,
-        preempt: guard.preempt.clone(),
+        preempt: if preemptible {
+            guard.preempt.clone()
+        } else {
+            tokio_util::sync::CancellationToken::new()
+        },
     };
     let store = Arc::new(StorageSstStore::new(
         ctx.storage.clone(),
@@ -252,6 +261,44 @@ async fn compact_attempt(
     };
     publish(guard, &control.progress);
     joined.map_err(|e| CompactionError::Internal(format!("the merge thread failed: {e}")))?
+}
+
+/// A repair of released WAL segments ([`crate::wal_input`]): the segments become SSTs
+/// among the inputs, the merge runs as for any compaction (never preempted: a partial
+/// result could not say which of the segments' writes it kept), and those SSTs are deleted
+/// afterwards. The report names only the spec's own inputs.
+async fn repair_attempt(
+    ctx: &CompactionContext,
+    attempt: &CompactionAttempt,
+    guard: &AttemptGuard,
+) -> Result<Compacted, CompactionError> {
+    let mut spec = attempt.spec.clone();
+    let written = crate::wal_input::add_wal_inputs(
+        &ctx.storage,
+        &mut spec,
+        &attempt.wal_inputs,
+        &ctx.sst_options,
+    )
+    .instrument(tracing::info_span!(
+        "wal_inputs",
+        segments = attempt.wal_inputs.len()
+    ))
+    .await?;
+    let result = if spec.inputs.is_empty() {
+        // Nothing to merge: empty segments of a table without files.
+        Ok(Compacted {
+            outputs: Vec::new(),
+            stats: Default::default(),
+            bytes_read: 0,
+            bytes_written: 0,
+            subcompactions: 0,
+            consumed: None,
+        })
+    } else {
+        compact_attempt(ctx, &spec, guard, false).await
+    };
+    crate::wal_input::discard(&ctx.storage, &written).await;
+    result
 }
 
 /// Copies the merge's progress into the attempt's next heartbeat.

@@ -40,6 +40,7 @@ pub mod stats;
 pub mod store;
 pub mod testing;
 pub mod throttle;
+pub mod wal_input;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -93,6 +93,9 @@ pub struct CompactionAttempt {
     pub task_id: u64,
     pub attempt: u32,
     pub spec: CompactionSpec,
+    /// WAL segments of the table (first seqs) merged in as one more input: the repair of
+    /// released quarantined segments (see [`crate::wal_input`]).
+    pub wal_inputs: Vec<u64>,
 }
 
 /// Checks a dispatch and converts it.
@@ -103,10 +106,32 @@ pub fn parse_compact_request(
         .dispatch
         .ok_or_else(|| invalid("dispatch", "required"))?;
     let spec = req.spec.ok_or_else(|| invalid("spec", "required"))?;
+    let wal_inputs = spec.wal_inputs.clone();
+    if wal_inputs.len() > 1024 {
+        return Err(invalid(
+            "spec.wal_inputs",
+            format!("{} segments; at most 1024", wal_inputs.len()),
+        ));
+    }
+    if wal_inputs.contains(&0) {
+        return Err(invalid("spec.wal_inputs", "seq 0 names no segment"));
+    }
+    let spec = parse_spec(spec)?;
+    if spec.output_file_ids.len() <= wal_inputs.len() {
+        return Err(invalid(
+            "spec.output_file_ids",
+            format!(
+                "{} ids for {} wal inputs: each needs one, and the outputs at least one more",
+                spec.output_file_ids.len(),
+                wal_inputs.len()
+            ),
+        ));
+    }
     Ok(CompactionAttempt {
         task_id: dispatch.task_id,
         attempt: dispatch.attempt,
-        spec: parse_spec(spec)?,
+        spec,
+        wal_inputs,
     })
 }
 
@@ -121,7 +146,7 @@ fn parse_spec(spec: pb::CompactionSpec) -> Result<CompactionSpec, InvalidRequest
             "a trivial move re-levels files in the manifest and is never dispatched to a worker",
         ));
     }
-    let inputs = parse_inputs(spec.inputs, spec.output_level)?;
+    let inputs = parse_inputs(spec.inputs, spec.output_level, !spec.wal_inputs.is_empty())?;
     if spec.output_file_ids.is_empty() {
         return Err(invalid(
             "spec.output_file_ids",
@@ -163,6 +188,7 @@ fn parse_spec(spec: pb::CompactionSpec) -> Result<CompactionSpec, InvalidRequest
 fn parse_inputs(
     levels: Vec<pb::Level>,
     output_level: u32,
+    wal_inputs: bool,
 ) -> Result<Vec<(u32, Vec<FileMeta>)>, InvalidRequest> {
     let mut seen = BTreeSet::new();
     let mut inputs = Vec::with_capacity(levels.len());
@@ -196,7 +222,8 @@ fn parse_inputs(
             inputs.push((level.level, files));
         }
     }
-    if inputs.is_empty() {
+    // A repair of a table without files merges its WAL inputs alone.
+    if inputs.is_empty() && !wal_inputs {
         return Err(invalid(
             "spec.inputs",
             "at least one input file is required",
@@ -263,6 +290,7 @@ mod tests {
                 io_bytes_per_sec: 0,
                 reason: "L0 has 4 files >= trigger 4".to_owned(),
                 max_subcompactions: 0,
+                wal_inputs: vec![],
             }),
         }
     }

@@ -265,6 +265,7 @@ fn request(task_id: u64, inputs: Vec<(u32, Vec<pb::FileMeta>)>) -> pb::CompactLe
             io_bytes_per_sec: 0,
             reason: "L0 has 2 files".to_owned(),
             max_subcompactions: 1,
+            wal_inputs: vec![],
         }),
     }
 }
@@ -565,4 +566,108 @@ async fn a_refused_completion_is_final_and_the_outputs_stay_for_cleanup() {
     c.wait_idle().await;
     assert!(c.completions.try_recv().is_err(), "a refusal is final");
     assert_eq!(c.stored_files(), [c.sst_path(1), c.sst_path(100)]);
+}
+
+/// The repair of a released WAL segment: the segment's writes join the merge by sequence
+/// number (a newer version in the levels wins over the segment's, the segment's tombstone
+/// shadows an older value), the temporary SST of the segment is gone afterwards, and the
+/// segment itself is left for Cleanup.
+#[tokio::test]
+async fn a_repair_merges_a_wal_segment_by_sequence_number_and_leaves_no_trace_of_it() {
+    let mut c = Cluster::start(1).await;
+    let storage = storage::Storage::local(c.storage_dir.path()).expect("storage");
+    let writer = wal::WalWriter::open(
+        storage.clone(),
+        TABLE,
+        wal::WalWriterConfig {
+            min_last_seq: 49,
+            ..wal::WalWriterConfig::default()
+        },
+    )
+    .await
+    .expect("writer");
+    let mut batch = wal::WriteBatch::new();
+    batch.put("a", "a-wal").delete("d").put("f", "f-wal");
+    let appended = writer.append(batch).await.expect("append");
+    assert_eq!((appended.first_seq, appended.last_seq), (50, 52));
+    drop(writer);
+    let l1 = c.put_input(
+        1,
+        vec![
+            entry("a", 60, Some("a-newer")),
+            entry("d", 40, Some("d-old")),
+            entry("e", 3, Some("e-old")),
+        ],
+    );
+    c.dispatch(with_spec(request(1, vec![(1, vec![l1])]), |s| {
+        s.wal_inputs = vec![50];
+    }))
+    .await
+    .expect("accepted");
+    let r = compaction_result(c.next_completion().await);
+    assert_eq!(r.outputs.len(), 1);
+    assert_eq!(r.outputs[0].file_id, 100);
+    let bytes = std::fs::read(c.sst_path(100)).expect("output");
+    assert_eq!(
+        read_sst(Bytes::from(bytes)).expect("readable"),
+        [
+            entry("a", 60, Some("a-newer")),
+            entry("e", 3, Some("e-old")),
+            entry("f", 52, Some("f-wal")),
+        ]
+    );
+    c.wait_idle().await;
+    let segment = c
+        .storage_dir
+        .path()
+        .join("tables")
+        .join(TABLE)
+        .join("wal")
+        .join(storage::paths::wal_segment_name(50));
+    assert_eq!(
+        c.stored_files(),
+        vec![c.sst_path(1), c.sst_path(100), segment],
+        "the segment's temporary sst is deleted; the segment stays for Cleanup"
+    );
+}
+
+/// A repair of a segment that is still damaged fails as corruption naming the segment,
+/// and writes nothing.
+#[tokio::test]
+async fn a_repair_of_a_still_corrupt_segment_fails_naming_it() {
+    let mut c = Cluster::start(1).await;
+    let storage = storage::Storage::local(c.storage_dir.path()).expect("storage");
+    let writer = wal::WalWriter::open(storage.clone(), TABLE, wal::WalWriterConfig::default())
+        .await
+        .expect("writer");
+    let mut batch = wal::WriteBatch::new();
+    batch.put("a", "a-wal");
+    writer.append(batch).await.expect("append");
+    drop(writer);
+    let segment = c
+        .storage_dir
+        .path()
+        .join("tables")
+        .join(TABLE)
+        .join("wal")
+        .join(storage::paths::wal_segment_name(1));
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let at = bytes.len() - 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&segment, &bytes).expect("corrupt");
+    let l1 = c.put_input(1, vec![entry("b", 3, Some("b"))]);
+    c.dispatch(with_spec(request(1, vec![(1, vec![l1])]), |s| {
+        s.wal_inputs = vec![1];
+    }))
+    .await
+    .expect("accepted");
+    let done = c.next_completion().await;
+    let e = task_error(&done);
+    assert_eq!(e.kind, pb::ErrorKind::Corruption as i32, "{e:?}");
+    assert!(
+        e.file.ends_with(&storage::paths::wal_segment_name(1)),
+        "{e:?}"
+    );
+    c.wait_idle().await;
+    assert_eq!(c.stored_files(), vec![c.sst_path(1), segment]);
 }

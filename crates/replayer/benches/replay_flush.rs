@@ -63,6 +63,7 @@ fn replay_ours(rt: &tokio::runtime::Runtime, storage: &Storage) -> Mutex<TableSt
             max_frozen: usize::MAX,
         },
         last_read: None,
+        checks: &wal::ReadChecks::default(),
         ids: &ids,
         now_ms: &|| 0,
     };

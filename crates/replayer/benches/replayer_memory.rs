@@ -83,6 +83,7 @@ fn measure(dir: &std::path::Path) {
             max_frozen: MAX_FROZEN,
         },
         last_read: None,
+        checks: &wal::ReadChecks::default(),
         ids: &ids,
         now_ms: &|| 0,
     };

@@ -173,6 +173,13 @@ async fn replay_table(
     let poll = shared.config.wal_replay.poll_interval.get();
     let mut last_read = None;
     let mut backoff = poll;
+    // Quarantined segments are not read; holes between segments are checked (a listing
+    // can miss a segment being written) and, once a fresh listing shows one is real,
+    // read past as the format allows.
+    let mut checks = wal::ReadChecks {
+        skip: spec.skip_segments.clone(),
+        holes: Some(Default::default()),
+    };
     loop {
         if guard.cancel.is_cancelled() {
             break;
@@ -199,6 +206,7 @@ async fn replay_table(
             batch_size: shared.config.wal_replay.batch_size as usize,
             limits,
             last_read,
+            checks: &checks,
             ids: &shared.ids,
             now_ms: &now_ms,
         };
@@ -223,6 +231,16 @@ async fn replay_table(
             }
             PassOutcome::NothingNew | PassOutcome::Stalled => poll,
             PassOutcome::Relist => Duration::ZERO,
+            PassOutcome::Hole {
+                next_first_seq,
+                message,
+            } => {
+                tracing::warn!(parent: &span, "{message}; reading past it (the format allows holes, but writers leave none: a segment may have been lost)");
+                if let Some(h) = checks.holes.as_mut() {
+                    h.insert(next_first_seq);
+                }
+                Duration::ZERO
+            }
             PassOutcome::Storage(e) => {
                 tracing::warn!(parent: &span, error = %e, "reading the wal failed; retrying");
                 // Back off on failures in a row, not on a pass that failed after making
@@ -273,7 +291,13 @@ async fn report_replay_error(
         attempt,
         worker_id: shared.attempts.worker_id(),
         outcome: Some(pb::complete_task_request::Outcome::Error(pb::TaskError {
-            kind: pb::ErrorKind::Replay as i32,
+            // Damaged bytes are corruption: the scheduler quarantines the segment if it
+            // fails the same way twice (see the scheduler's quarantine module).
+            kind: if err.quarantinable {
+                pb::ErrorKind::Corruption as i32
+            } else {
+                pb::ErrorKind::Replay as i32
+            },
             message: err.to_string(),
             file: err.segment.clone(),
             offset: err.offset,

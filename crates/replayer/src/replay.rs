@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use lsm::SeqNo;
 use storage::Storage;
-use wal::{RecoveryMode, WalError, WalReader};
+use wal::{ReadChecks, RecoveryMode, WalError, WalReader};
 
 use crate::table::{FreezeReason, Frozen, Limits, TableState};
 
@@ -27,6 +27,13 @@ pub enum PassOutcome {
     /// The listing missed a segment created while it ran (a directory listing is not a
     /// snapshot); what preceded the hole was applied. Pass again at once.
     Relist,
+    /// No segment holds the seqs below `next_first_seq` after what was applied, even in a
+    /// listing made after the hole was seen. The format allows that (writers never leave
+    /// one; a lost segment looks the same): the caller allows this hole and passes again.
+    Hole {
+        next_first_seq: SeqNo,
+        message: String,
+    },
     /// The log is damaged where the recovery mode does not allow it: replay must stop.
     Damaged(ReplayError),
     /// The store failed (a transient error, retried by the caller).
@@ -43,6 +50,12 @@ pub struct ReplayError {
     pub offset: u64,
     pub message: String,
     pub applied_seq: SeqNo,
+    /// The segment's bytes are damaged (a torn or corrupt record) and the recovery mode is
+    /// not `absolute_consistency` (whose promise is that nothing past damage is applied):
+    /// reported as corruption, which the scheduler answers by quarantining the segment and
+    /// replaying without it. Otherwise (that mode, a missing segment, a newer format, an
+    /// entry that cannot be applied) a plain replay error: the replay stops.
+    pub quarantinable: bool,
 }
 
 /// Counters of one pass.
@@ -61,6 +74,8 @@ pub struct PassInput<'a> {
     pub limits: Limits,
     /// First seq of the newest segment the previous pass read completely.
     pub last_read: Option<SeqNo>,
+    /// Quarantined segments not to read, holes to report (see [`wal::ReadChecks`]).
+    pub checks: &'a ReadChecks,
     /// Source of memtable ids (unique on this replayer, across restarts).
     pub ids: &'a AtomicU64,
     /// The caller's clock, in milliseconds.
@@ -100,7 +115,13 @@ pub async fn pass(
     let from = lock().applied_seq() + 1;
     // Two segments ahead: enough to overlap reading with applying, and each one in flight
     // is up to a segment (4 MiB) of memory outside the memtable budget.
-    let mut chunks = reader.read_from_with(from, input.batch_size, input.mode, PREFETCH_SEGMENTS);
+    let mut chunks = reader.read_from_checked(
+        from,
+        input.batch_size,
+        input.mode,
+        PREFETCH_SEGMENTS,
+        input.checks,
+    );
     loop {
         match chunks.next_chunk().await {
             Ok(Some(entries)) => {
@@ -132,6 +153,7 @@ pub async fn pass(
                                 offset: 0,
                                 message: format!("entry seq {} cannot be applied: {err}", e.seq),
                                 applied_seq: st.applied_seq(),
+                                quarantinable: false,
                             });
                         }
                     }
@@ -144,7 +166,7 @@ pub async fn pass(
                 next_first_seq,
                 ..
             }) => {
-                return missing_segment(input, state, segment, last_seq, next_first_seq).await;
+                return missing_segment(input, segment, last_seq, next_first_seq).await;
             }
             Err(e) if e.is_damage() || matches!(e, WalError::UnsupportedVersion { .. }) => {
                 let (segment, offset) = match &e {
@@ -163,6 +185,7 @@ pub async fn pass(
                     offset,
                     message: e.to_string(),
                     applied_seq: lock().applied_seq(),
+                    quarantinable: e.is_damage() && input.mode != RecoveryMode::AbsoluteConsistency,
                 });
             }
             Err(e) => return PassOutcome::Storage(e),
@@ -177,11 +200,9 @@ pub async fn pass(
 /// A hole in the listing after `segment` (it ends at `last_seq`, the next listed segment
 /// starts at `next_first_seq`). Writers create segments one after another, so a segment
 /// holding `last_seq + 1` existed before the listing that saw its successor ended; a new
-/// listing sees it, unless it is gone. Gone is damage in every recovery mode: no mode skips
-/// acknowledged writes it cannot even see.
+/// listing sees it, unless there is none.
 async fn missing_segment(
     input: &PassInput<'_>,
-    state: &Mutex<TableState>,
     segment: String,
     last_seq: SeqNo,
     next_first_seq: SeqNo,
@@ -203,21 +224,14 @@ async fn missing_segment(
         );
         return PassOutcome::Relist;
     }
-    let applied_seq = state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .applied_seq();
-    PassOutcome::Damaged(ReplayError {
-        table: input.table.to_owned(),
+    PassOutcome::Hole {
+        next_first_seq,
         message: format!(
-            "seqs {}..={} are missing from the wal: segment {segment} ends at seq {last_seq} and the next one starts at {next_first_seq}",
+            "no wal segment holds seqs {}..={}: segment {segment} ends at seq {last_seq} and the next one starts at {next_first_seq}",
             last_seq + 1,
             next_first_seq - 1
         ),
-        segment,
-        offset: 0,
-        applied_seq,
-    })
+    }
 }
 
 /// The configured recovery mode, or the spec's when it names one.
@@ -243,6 +257,14 @@ pub fn recovery_mode(spec: i32, configured: runtime::config::RecoveryMode) -> Re
 mod tests {
     use super::*;
     use wal::{WalWriter, WalWriterConfig, WriteBatch};
+
+    /// What the service reads with: holes reported, nothing skipped.
+    fn checks() -> ReadChecks {
+        ReadChecks {
+            skip: Vec::new(),
+            holes: Some(Default::default()),
+        }
+    }
 
     const LIMITS: Limits = Limits {
         freeze_bytes: 1 << 30,
@@ -280,6 +302,7 @@ mod tests {
             batch_size: 3,
             limits: LIMITS,
             last_read: None,
+            checks: &checks(),
             ids: &ids,
             now_ms: &|| 0,
         };
@@ -289,40 +312,67 @@ mod tests {
     }
 
     /// A segment missing from a listing: when it exists (the listing raced its creation)
-    /// the pass asks to list again and the next pass applies everything; when it is gone
-    /// the replay stops with an error naming the missing seqs, nothing past them applied.
+    /// the pass asks to list again; when no segment holds those seqs the pass stops at the
+    /// hole, and once the caller allows it, the next pass reads past it.
     #[tokio::test]
     async fn a_hole_in_the_listing_is_listed_again_or_reported_when_real() {
         let storage = Storage::in_memory();
         let segs = five_segments(&storage).await;
         let st = Mutex::new(TableState::new("t", 0, 1, 0));
         let ids = AtomicU64::new(100);
-        let input = PassInput {
-            storage: &storage,
-            table: "t",
-            mode: RecoveryMode::TolerateCorruptedTail,
-            batch_size: 3,
-            limits: LIMITS,
-            last_read: None,
-            ids: &ids,
-            now_ms: &|| 0,
-        };
+        let mut checks = checks();
+        fn input<'a>(
+            storage: &'a Storage,
+            ids: &'a AtomicU64,
+            checks: &'a ReadChecks,
+        ) -> PassInput<'a> {
+            PassInput {
+                storage,
+                table: "t",
+                mode: RecoveryMode::TolerateCorruptedTail,
+                batch_size: 3,
+                limits: LIMITS,
+                last_read: None,
+                checks,
+                ids,
+                now_ms: &|| 0,
+            }
+        }
         let seg = |i: usize| segs[i].location.to_string();
-        let raced = missing_segment(&input, &st, seg(1), 4, 7).await;
+        let raced = missing_segment(&input(&storage, &ids, &checks), seg(1), 4, 7).await;
         assert!(matches!(raced, PassOutcome::Relist), "{raced:?}");
 
         storage.delete(&segs[2].location).await.expect("delete");
-        let out = run(&storage, RecoveryMode::SkipCorrupted, &st).await;
-        let PassOutcome::Damaged(err) = out else {
-            panic!("a missing segment must stop the replay: {out:?}");
+        let (mut frozen, mut stats) = (Vec::new(), PassStats::default());
+        let out = pass(
+            &input(&storage, &ids, &checks),
+            &st,
+            &mut frozen,
+            &mut stats,
+        )
+        .await;
+        let PassOutcome::Hole {
+            next_first_seq,
+            message,
+        } = out
+        else {
+            panic!("a hole must stop the pass: {out:?}");
         };
-        assert_eq!(err.applied_seq, 4);
-        assert!(
-            err.message.contains("seqs 5..=6 are missing"),
-            "{}",
-            err.message
-        );
-        assert_eq!(st.lock().expect("lock").applied_seq(), 4);
+        assert_eq!(next_first_seq, 7);
+        assert!(message.contains("seqs 5..=6"), "{message}");
+        assert_eq!(st.lock().expect("lock").applied_seq(), 4, "nothing past it");
+        if let Some(h) = checks.holes.as_mut() {
+            h.insert(next_first_seq);
+        }
+        let out = pass(
+            &input(&storage, &ids, &checks),
+            &st,
+            &mut frozen,
+            &mut stats,
+        )
+        .await;
+        assert!(matches!(out, PassOutcome::CaughtUp { .. }), "{out:?}");
+        assert_eq!(st.lock().expect("lock").applied_seq(), 10);
     }
 
     #[tokio::test]
@@ -395,6 +445,7 @@ mod tests {
             batch_size: 3,
             limits: LIMITS,
             last_read: newest,
+            checks: &checks(),
             ids: &ids,
             now_ms: &|| 0,
         };

@@ -100,6 +100,18 @@ pub async fn plan_once(state: &SchedulerState, storage: &Storage) -> anyhow::Res
                     now,
                     grace_ms,
                 );
+                // A quarantined segment stays (its writes come back when it is released
+                // and repaired) although the checkpoint passed it.
+                let kept = c.wal_skips(table);
+                if !kept.is_empty()
+                    && let Ok(name) = storage::TableName::new(table.as_str())
+                {
+                    let kept: BTreeSet<String> = kept
+                        .iter()
+                        .map(|s| storage::paths::wal_segment(&name, *s).to_string())
+                        .collect();
+                    g.wal_paths.retain(|p| !kept.contains(p));
+                }
                 // A dropped table's newest segment goes too (nothing will replay it), so
                 // the name can be used again.
                 if c.table(table).is_none() {

@@ -166,11 +166,13 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             table,
             checkpoint,
             recovery_mode,
+            skip_segments,
             ..
         } => Spec::WalReplay(pb::WalReplaySpec {
             table: table.clone(),
             checkpoint: *checkpoint,
             recovery_mode: recovery_mode_pb(recovery_mode) as i32,
+            skip_segments: skip_segments.clone(),
         }),
         TaskSpec::MemtableFlush {
             table,
@@ -200,6 +202,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             target_file_size,
             trivial_move,
             reason,
+            wal_inputs,
         } => Spec::Compaction(pb::CompactionSpec {
             table: table.clone(),
             input_levels: inputs.iter().map(|(l, _)| *l).collect(),
@@ -213,6 +216,7 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             reason: reason.clone(),
             // The worker caps it at its processor.worker_count.
             max_subcompactions: 16,
+            wal_inputs: wal_inputs.clone(),
         }),
         TaskSpec::Cleanup {
             table,
@@ -235,7 +239,10 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
 
 pub fn quarantined_to_pb(q: &catalog::QuarantineRecord) -> pb::QuarantinedFile {
     let path = storage::TableName::new(q.table.as_str())
-        .map(|t| storage::paths::sst_file(&t, q.file_id).to_string())
+        .map(|t| match &q.wal {
+            Some(w) => storage::paths::wal_segment(&t, w.first_seq).to_string(),
+            None => storage::paths::sst_file(&t, q.file_id).to_string(),
+        })
         .unwrap_or_default();
     pb::QuarantinedFile {
         table: q.table.clone(),
@@ -243,6 +250,9 @@ pub fn quarantined_to_pb(q: &catalog::QuarantineRecord) -> pb::QuarantinedFile {
         path,
         error: Some(error_to_pb(&q.error)),
         since_unix_ms: q.since_ms,
+        kind: if q.wal.is_some() { "wal" } else { "sst" }.to_owned(),
+        first_seq: q.wal.as_ref().map_or(0, |w| w.first_seq),
+        repairing: q.wal.as_ref().is_some_and(|w| w.released),
     }
 }
 

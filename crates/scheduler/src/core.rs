@@ -840,6 +840,7 @@ impl Core {
 
     fn finish_bookkeeping(&mut self, id: u64, attempt: u32) {
         self.live.remove(&id);
+        self.end_wal_repair(id);
         self.preempted.remove(&(id, attempt));
         if let Some(TaskSpec::MemtableFlush {
             table,
@@ -869,6 +870,46 @@ impl Core {
         for w in self.workers.values_mut() {
             w.assigned.remove(&(id, attempt));
         }
+    }
+
+    /// Task `id` ended: if it was a WAL segment repair, a commit takes its segments out of
+    /// quarantine (their writes are in the levels now; Cleanup may delete them once the
+    /// checkpoint covers them); a failure leaves them quarantined — released again for
+    /// another try, unless the failure was corruption (the segment, or an SST, still
+    /// corrupt: the operator looks again).
+    fn end_wal_repair(&mut self, id: u64) {
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        if !crate::quarantine::is_repair(&t.spec) {
+            return;
+        }
+        let committed = t.state == TaskState::Succeeded;
+        let corrupt = t.errors.last().filter(|e| e.kind == "corruption").cloned();
+        let table = t.spec.table().to_owned();
+        let ids: Vec<u64> = self
+            .quarantined
+            .values()
+            .filter(|q| q.wal.as_ref().is_some_and(|w| w.repair_task == id))
+            .map(|q| q.file_id)
+            .collect();
+        for qid in ids {
+            self.dirty.quarantine.insert(qid);
+            if committed {
+                self.quarantined.remove(&qid);
+                continue;
+            }
+            if let Some(q) = self.quarantined.get_mut(&qid) {
+                if let Some(e) = &corrupt {
+                    q.error = e.clone();
+                }
+                if let Some(w) = q.wal.as_mut() {
+                    w.repair_task = 0;
+                    w.released = corrupt.is_none();
+                }
+            }
+        }
+        self.repick.insert(table);
     }
 
     /// Counts per kind.
@@ -1167,6 +1208,7 @@ impl Core {
                 checkpoint,
                 recovery_mode: String::new(),
                 explicit_start: false,
+                skip_segments: Vec::new(),
             };
             // A full queue: try again next tick.
             let _ = self.submit(spec, 100, now_ms);
@@ -1322,7 +1364,17 @@ impl Core {
         }
         let mut retriable = error.retriable;
         let poison = crate::quarantine::poison_verdict(task, &error);
+        let wal_poison = crate::quarantine::wal_poison_verdict(task, &error);
         task.errors.push(error.clone());
+        match wal_poison {
+            Some((crate::quarantine::Verdict::Bisect, first_seq)) => {
+                self.quarantine_wal_segment(id, first_seq, error, now_ms);
+                return;
+            }
+            // A segment may be being replaced: read it once more first.
+            Some((crate::quarantine::Verdict::Retry, _)) => retriable = true,
+            None => {}
+        }
         match poison {
             Some(crate::quarantine::Verdict::Bisect) => {
                 self.poison_input(id, error, now_ms);
@@ -1351,6 +1403,172 @@ impl Core {
             self.progress.remove(&(id, attempt));
             for w in self.workers.values_mut() {
                 w.assigned.remove(&(id, attempt));
+            }
+        }
+    }
+
+    /// A replay failed twice on the same corrupt WAL segment: the replay task fails, the
+    /// segment is quarantined (an id allocated for the record), and a new replay of the
+    /// table is queued at once; it skips the segment (see [`Core::wal_skips`]), so later
+    /// writes are applied and flushed while the segment waits for an operator.
+    fn quarantine_wal_segment(&mut self, id: u64, first_seq: u64, error: ErrorRecord, now_ms: i64) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let attempt = task.attempt;
+        task.state = TaskState::Failed;
+        task.finished_at_ms = now_ms;
+        let (table, priority) = (task.spec.table().to_owned(), task.priority);
+        self.dirty.tasks.insert(id);
+        self.finish_bookkeeping(id, attempt);
+        let known = self
+            .quarantined
+            .values()
+            .any(|q| q.table == table && q.wal.as_ref().is_some_and(|w| w.first_seq == first_seq));
+        if !known {
+            let qid = self.next(NEXT_FILE_ID, 1);
+            tracing::warn!(
+                task_id = id,
+                table = %table,
+                first_seq,
+                segment = %error.file,
+                error = %error.message,
+                "corrupt wal segment quarantined; replay goes on without it"
+            );
+            self.quarantined.insert(
+                qid,
+                QuarantineRecord {
+                    table: table.clone(),
+                    file_id: qid,
+                    level: 0,
+                    error,
+                    since_ms: now_ms,
+                    wal: Some(catalog::WalQuarantine {
+                        first_seq,
+                        repair_task: 0,
+                        released: false,
+                    }),
+                },
+            );
+            self.dirty.quarantine.insert(qid);
+            // No tombstone may be dropped from now on: re-pick with that rule.
+            self.repick.insert(table.clone());
+        }
+        let checkpoint = self.manifests.get(&table).map_or(0, |m| m.checkpoint);
+        let spec = TaskSpec::WalReplay {
+            table: table.clone(),
+            checkpoint,
+            recovery_mode: String::new(),
+            explicit_start: false,
+            skip_segments: Vec::new(),
+        };
+        if let Err(e) = self.submit(spec, priority, now_ms) {
+            // The periodic assignment does not take over after a failed replay: say so.
+            tracing::error!(table = %table, error = %e, "could not queue the replay that skips the quarantined segment; retry it with TriggerWalReplay");
+        }
+    }
+
+    /// The quarantined WAL segments of `table` (first seqs) a replay must not read: every
+    /// one whose repair has not committed (a repaired segment's writes are in the levels).
+    pub fn wal_skips(&self, table: &str) -> Vec<u64> {
+        self.quarantined
+            .values()
+            .filter(|q| q.table == table)
+            .filter_map(|q| q.wal.as_ref().map(|w| w.first_seq))
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Queues the repair of every released WAL segment of `table` whose repair is not
+    /// queued yet: one full compaction of the table (every file of every level into the
+    /// deepest non-empty level, at least L1) with the segments as extra inputs, merged by
+    /// sequence number. Their writes are older than much of what the levels hold, so they
+    /// may not be flushed into L0 (a read would meet them before newer versions deeper
+    /// down). Waits while an SST of the table is quarantined (the compaction would read
+    /// it). Returns the repair queued, or `Err(())` when one waits for its files (locked):
+    /// the caller then picks nothing else for the table, so the locks drain.
+    fn queue_wal_repair(
+        &mut self,
+        table: &str,
+        target_file_size: u64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, ()> {
+        let released: Vec<(u64, u64)> = self
+            .quarantined
+            .values()
+            .filter(|q| q.table == table)
+            .filter_map(|q| {
+                q.wal
+                    .as_ref()
+                    .filter(|w| w.released && w.repair_task == 0)
+                    .map(|w| (q.file_id, w.first_seq))
+            })
+            .collect();
+        if released.is_empty() {
+            return Ok(None);
+        }
+        let sst_quarantined = self
+            .quarantined
+            .values()
+            .any(|q| q.table == table && q.wal.is_none());
+        if sst_quarantined {
+            return Ok(None);
+        }
+        let Some(m) = self.manifests.get(table) else {
+            return Ok(None);
+        };
+        let levels = &m.levels.levels;
+        let output_level = levels
+            .iter()
+            .rposition(|files| !files.is_empty())
+            .unwrap_or(0)
+            .max(1) as u32;
+        let inputs: Vec<(u32, Vec<lsm::manifest::FileMeta>)> = levels
+            .iter()
+            .enumerate()
+            .filter(|(_, files)| !files.is_empty())
+            .map(|(l, files)| (l as u32, files.clone()))
+            .collect();
+        let repaired: BTreeSet<u64> = released.iter().map(|(qid, _)| *qid).collect();
+        // Tombstones may go only if no other segment of the table stays quarantined.
+        let bottommost = !self
+            .quarantined
+            .values()
+            .any(|q| q.table == table && !repaired.contains(&q.file_id));
+        let spec = TaskSpec::Compaction {
+            table: table.to_owned(),
+            inputs,
+            output_level,
+            bottommost,
+            target_file_size,
+            trivial_move: false,
+            reason: format!(
+                "{}: {} released wal segment(s)",
+                crate::quarantine::REPAIR_REASON,
+                released.len()
+            ),
+            wal_inputs: released.iter().map(|(_, s)| *s).collect(),
+        };
+        match self.submit(spec, 90, now_ms) {
+            Ok(task_id) => {
+                for qid in &repaired {
+                    if let Some(w) = self.quarantined.get_mut(qid).and_then(|q| q.wal.as_mut()) {
+                        w.repair_task = task_id;
+                    }
+                    self.dirty.quarantine.insert(*qid);
+                }
+                tracing::info!(
+                    task_id,
+                    table,
+                    segments = released.len(),
+                    "wal segment repair queued"
+                );
+                Ok(Some(task_id))
+            }
+            Err(e) => {
+                tracing::debug!(table, error = %e, "wal segment repair waits");
+                Err(())
             }
         }
     }
@@ -1395,6 +1613,7 @@ impl Core {
                         level,
                         error,
                         since_ms: now_ms,
+                        wal: None,
                     },
                 );
                 self.dirty.quarantine.insert(file_id);
@@ -1414,6 +1633,7 @@ impl Core {
                             "{} of task {id}: {n} file(s) of L{level}",
                             crate::quarantine::BISECT_REASON
                         ),
+                        wal_inputs: Vec::new(),
                     };
                     match self.submit(spec, priority, now_ms) {
                         Ok(probe) => tracing::info!(
@@ -1474,6 +1694,7 @@ impl Core {
             .filter(|t| {
                 !crate::traffic::is_urgent(&t.spec)
                     && !crate::quarantine::is_probe(&t.spec)
+                    && !crate::quarantine::is_repair(&t.spec)
                     && !self.preempted.contains(&(t.id, t.attempt))
             })
             .filter_map(|t| {
@@ -1514,6 +1735,23 @@ impl Core {
                     file_id,
                 });
             }
+        }
+        if let Some(q) = self.quarantined.get_mut(&file_id)
+            && let Some(w) = q.wal.as_mut()
+        {
+            // A segment's writes come back through a repair compaction; the record stays
+            // (replay keeps skipping the segment) until that commits.
+            if w.released {
+                return Err(CoreError::Refused(format!(
+                    "wal segment {} of table {table} is already released (repair task {})",
+                    w.first_seq, w.repair_task
+                )));
+            }
+            w.released = true;
+            let q = q.clone();
+            self.dirty.quarantine.insert(file_id);
+            self.repick.insert(table.to_owned());
+            return Ok(q);
         }
         let q = self
             .quarantined
@@ -1596,6 +1834,11 @@ impl Core {
                 .get(&id)
                 .and_then(|t| self.manifests.get(t.spec.table()))
                 .map_or(0, |m| m.checkpoint);
+            let skips = self
+                .tasks
+                .get(&id)
+                .map(|t| self.wal_skips(t.spec.table()))
+                .unwrap_or_default();
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -1613,6 +1856,7 @@ impl Core {
                 table,
                 checkpoint,
                 explicit_start,
+                skip_segments,
                 ..
             } = &mut task.spec
             {
@@ -1621,6 +1865,7 @@ impl Core {
                 if !*explicit_start {
                     *checkpoint = (*checkpoint).max(current_checkpoint);
                 }
+                *skip_segments = skips.clone();
                 if let Some(t) = self.tables.get_mut(table.as_str()) {
                     t.replayer_address = address.clone();
                     self.dirty.tables.insert(table.clone());
@@ -1690,14 +1935,17 @@ impl Core {
                 inputs,
                 target_file_size,
                 trivial_move: false,
+                wal_inputs,
                 ..
             }) => {
                 let bytes: u64 = inputs
                     .iter()
                     .flat_map(|(_, f)| f.iter().map(|f| f.size))
-                    .sum();
+                    .sum::<u64>()
+                    + wal_inputs.len() as u64 * (4 << 20);
                 // Outputs split on key boundaries can run over the target: reserve double.
-                2 * bytes.div_ceil((*target_file_size).max(1)) + 16
+                // A repair's compactor writes each WAL input as an SST first (the last ids).
+                2 * bytes.div_ceil((*target_file_size).max(1)) + 16 + wal_inputs.len() as u64
             }
             _ => 0,
         };
@@ -2009,10 +2257,30 @@ impl Core {
                 .filter(|t| self.tables.contains_key(t))
                 .collect()
         };
+        // Tables with a released WAL segment to repair are looked at every round.
+        let mut tables = tables;
+        for q in self.quarantined.values() {
+            if q.wal
+                .as_ref()
+                .is_some_and(|w| w.released && w.repair_task == 0)
+                && !tables.contains(&q.table)
+            {
+                tables.push(q.table.clone());
+            }
+        }
         let mut queued = Vec::new();
         let mut moved = 0;
         let deferring = self.deferral(now_ms).is_some();
+        let repair_target = match strategy {
+            Strategy::LevelBased(c) => c.target_file_size,
+            Strategy::SizeTiered(_) => u64::MAX,
+        };
         for table in tables {
+            match self.queue_wal_repair(&table, repair_target, now_ms) {
+                Ok(Some(id)) => queued.push(id),
+                Ok(None) => {}
+                Err(()) => continue,
+            }
             // While deferrable work waits, its pending compactions must not keep urgent
             // ones (L0) from their files: the picker does not see their locks, and an
             // urgent plan that needs them supersedes them (they are picked again later).
@@ -2087,6 +2355,7 @@ impl Core {
                     target_file_size: plan.target_file_size,
                     trivial_move: false,
                     reason: plan.reason.clone(),
+                    wal_inputs: Vec::new(),
                 };
                 let top = plan.inputs.first().map_or(0, |(l, _)| *l as i32);
                 if crate::traffic::is_urgent(&spec) {

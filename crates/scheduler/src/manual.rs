@@ -7,7 +7,8 @@
 //!   into L+1 (the last level compacts into itself).
 //!
 //! Locked files are not filtered out here: submitting the spec refuses the overlap with a
-//! LockError, which is what an operator asking for those files should see.
+//! LockError, which is what an operator asking for those files should see. A request that
+//! would read a quarantined file is refused here, naming it.
 
 use bytes::Bytes;
 use catalog::TaskSpec;
@@ -110,6 +111,19 @@ pub fn manual_compaction(
     let Some((lo, hi)) = key_range(&all) else {
         return Ok(None);
     };
+    // A quarantined file would fail the compaction again (and leaving it out of a deeper
+    // level would overlap it): refused, as a locked file is.
+    let poisoned: Vec<String> = core
+        .quarantined()
+        .filter(|q| q.table == table && all.iter().any(|f| f.id == q.file_id))
+        .map(|q| format!("file {} (L{})", q.file_id, q.level))
+        .collect();
+    if !poisoned.is_empty() {
+        return Err(CoreError::Refused(format!(
+            "table {table}: the compaction would read quarantined {}; replace or check it and run `storage-admin processor release-quarantined`, or compact a level or key range without it",
+            poisoned.join(", ")
+        )));
+    }
     let bottommost = ((output_level as usize + 1)..levels.len())
         .all(|l| m.levels.overlapping(l, &lo, &hi).is_empty());
     Ok(Some(TaskSpec::Compaction {
@@ -123,5 +137,6 @@ pub fn manual_compaction(
             None => "manual full compaction".to_owned(),
             Some(l) => format!("manual compaction of L{l}"),
         },
+        wal_inputs: Vec::new(),
     }))
 }

@@ -32,6 +32,15 @@ use lsm::manifest::{FileMeta, Version};
 /// The reason of every probe compaction starts with this.
 pub const BISECT_REASON: &str = "poison-input bisection";
 
+/// The reason of every WAL segment repair starts with this.
+pub const REPAIR_REASON: &str = "repair of quarantined wal";
+
+/// Whether `spec` is the repair of released WAL segments (a full compaction that merges
+/// them in): never preempted, never bisected.
+pub fn is_repair(spec: &TaskSpec) -> bool {
+    matches!(spec, TaskSpec::Compaction { wal_inputs, .. } if !wal_inputs.is_empty())
+}
+
 /// Whether `spec` is a bisection probe.
 pub fn is_probe(spec: &TaskSpec) -> bool {
     matches!(spec, TaskSpec::Compaction { reason, .. } if reason.starts_with(BISECT_REASON))
@@ -51,11 +60,17 @@ pub enum Verdict {
 pub fn poison_verdict(task: &TaskRecord, error: &ErrorRecord) -> Option<Verdict> {
     let TaskSpec::Compaction {
         trivial_move: false,
+        wal_inputs,
         ..
     } = &task.spec
     else {
         return None;
     };
+    // A repair's failure goes back to its segment's quarantine record (see
+    // `Core::finish_bookkeeping`), not into a bisection.
+    if !wal_inputs.is_empty() {
+        return None;
+    }
     if error.kind != "corruption" {
         return None;
     }
@@ -69,6 +84,41 @@ pub fn poison_verdict(task: &TaskRecord, error: &ErrorRecord) -> Option<Verdict>
     } else {
         Some(Verdict::Retry)
     }
+}
+
+/// What to do about a WalReplay attempt that failed with `error`: `(Retry, _)` the first
+/// time a corruption names one of the table's WAL segments (it may have been replaced),
+/// `(Bisect, first_seq)` the second time — for a replay, that means quarantine that
+/// segment (its name pins it; there is nothing to bisect). `None`: not about a segment's
+/// bytes (a missing segment, a newer format, a storage error).
+pub fn wal_poison_verdict(task: &TaskRecord, error: &ErrorRecord) -> Option<(Verdict, u64)> {
+    let TaskSpec::WalReplay { table, .. } = &task.spec else {
+        return None;
+    };
+    if error.kind != "corruption" {
+        return None;
+    }
+    let first_seq = wal_segment_of(table, &error.file)?;
+    let before = task
+        .errors
+        .iter()
+        .filter(|e| e.kind == "corruption" && e.file == error.file)
+        .count();
+    Some((
+        if before >= 1 {
+            Verdict::Bisect
+        } else {
+            Verdict::Retry
+        },
+        first_seq,
+    ))
+}
+
+/// The first seq of `path` when it is exactly a WAL segment of `table`.
+pub fn wal_segment_of(table: &str, path: &str) -> Option<u64> {
+    let name = storage::TableName::new(table).ok()?;
+    let first_seq = storage::paths::parse_wal_segment_name(path.rsplit('/').next()?)?;
+    (storage::paths::wal_segment(&name, first_seq).as_ref() == path).then_some(first_seq)
 }
 
 /// The next step of a bisection over a failed compaction's inputs.
@@ -183,6 +233,7 @@ mod tests {
                 target_file_size: 1,
                 trivial_move: false,
                 reason: reason.into(),
+                wal_inputs: Vec::new(),
             },
             state: TaskState::Running,
             attempt: 1,
@@ -195,6 +246,53 @@ mod tests {
             staged_files: None,
             trace_parent: String::new(),
         }
+    }
+
+    #[test]
+    fn a_replay_corruption_naming_a_segment_is_retried_once_then_quarantines_it() {
+        let seg = "tables/t/wal/00000000000000000101.wal";
+        let corrupt = ErrorRecord {
+            attempt: 1,
+            kind: "corruption".into(),
+            message: "corrupt record".into(),
+            file: seg.into(),
+            offset: 77,
+            retriable: false,
+            at_ms: 0,
+        };
+        let mut t = task("replay", 0);
+        t.spec = TaskSpec::WalReplay {
+            table: "t".into(),
+            checkpoint: 0,
+            recovery_mode: String::new(),
+            explicit_start: false,
+            skip_segments: Vec::new(),
+        };
+        assert_eq!(
+            wal_poison_verdict(&t, &corrupt),
+            Some((Verdict::Retry, 101))
+        );
+        t.errors.push(corrupt.clone());
+        assert_eq!(
+            wal_poison_verdict(&t, &corrupt),
+            Some((Verdict::Bisect, 101))
+        );
+        // Another table's segment, a path that is not a segment, another kind: not ours.
+        for (file, kind) in [
+            ("tables/u/wal/00000000000000000101.wal", "corruption"),
+            ("tables/t/wal/101.wal", "corruption"),
+            ("tables/t/sst/00000000000000000101.sst", "corruption"),
+            (seg, "replay"),
+        ] {
+            let e = ErrorRecord {
+                file: file.into(),
+                kind: kind.into(),
+                ..corrupt.clone()
+            };
+            assert_eq!(wal_poison_verdict(&t, &e), None, "{file} {kind}");
+        }
+        // A compaction is never judged here, a replay never by poison_verdict.
+        assert_eq!(poison_verdict(&t, &corrupt), None);
     }
 
     #[test]

@@ -1349,6 +1349,7 @@ impl pb::admin_server::Admin for AdminApi {
                             },
                             recovery_mode: String::new(),
                             explicit_start: req.from_seq > 0,
+                            skip_segments: Vec::new(),
                         };
                         let p = priority_of(&spec);
                         c.submit(spec, p, now)
@@ -1566,6 +1567,7 @@ impl pb::admin_server::Admin for AdminApi {
                     target_file_size: p.target_file_size,
                     trivial_move: p.trivial_move,
                     reason: p.reason.clone(),
+                    wal_inputs: Vec::new(),
                 };
                 let compaction = match convert::spec_to_pb(&spec, &[]).spec {
                     Some(pb::task_spec::Spec::Compaction(c)) => Some(c),

@@ -143,6 +143,7 @@ mod tests {
             target_file_size: 1,
             trivial_move: false,
             reason: String::new(),
+            wal_inputs: Vec::new(),
         }
     }
 

@@ -53,7 +53,10 @@
 //! Entry `i` has sequence number `s + i`. Varints are unsigned LEB128 of at most 5 bytes.
 //! The first batch of a segment starts at the header's first sequence number; every later
 //! batch starts above the previous batch's last; every entry lies below the next segment's
-//! first sequence number (gaps are allowed, overlaps are corruption).
+//! first sequence number (gaps are allowed, overlaps are corruption). Writers leave no
+//! gap between segments; a tailing reader may ask for holes to be reported
+//! ([`ReadChecks::holes`]), because a directory listing that runs while segments are
+//! written can miss one and show its successor.
 //!
 //! The format is pinned by checked-in fixture files (`tests/fixtures/v1/`): a change that
 //! cannot read them fails the tests. A new format gets a new version number; a reader meets
@@ -77,5 +80,5 @@ pub use format::{
     decode_segment_with, encode_header, encode_record, encode_segment, header_len, mask_crc,
     record_len, unmask_crc,
 };
-pub use reader::{RecoveryReport, SegmentInfo, WalChunks, WalReader};
+pub use reader::{ReadChecks, RecoveryReport, SegmentInfo, WalChunks, WalReader};
 pub use writer::{Appended, WalWriter, WalWriterConfig};

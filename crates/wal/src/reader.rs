@@ -95,6 +95,20 @@ impl WalReader {
         mode: RecoveryMode,
         prefetch: usize,
     ) -> WalChunks {
+        self.read_from_checked(from_seq, batch_size, mode, prefetch, &ReadChecks::default())
+    }
+
+    /// [`Self::read_from_with`] with [`ReadChecks`]: quarantined segments skipped, holes
+    /// between segments reported.
+    pub fn read_from_checked(
+        &self,
+        from_seq: SeqNo,
+        batch_size: usize,
+        mode: RecoveryMode,
+        prefetch: usize,
+        checks: &ReadChecks,
+    ) -> WalChunks {
+        let skip = &checks.skip;
         // The last segment whose first seq is <= from_seq may hold from_seq; every one
         // before it ends below it.
         let start = self
@@ -107,6 +121,7 @@ impl WalReader {
             .iter()
             .enumerate()
             .skip(start)
+            .filter(|(_, s)| !skip.contains(&s.first_seq))
             .map(|(i, s)| (i, s.clone(), self.segments.get(i + 1).map(|n| n.first_seq)))
             .collect();
         let storage = self.storage.clone();
@@ -128,6 +143,7 @@ impl WalReader {
         WalChunks {
             table: self.table.clone(),
             mode,
+            holes: checks.holes.clone(),
             from_seq,
             batch_size: batch_size.max(1),
             fetches: Some(fetches),
@@ -139,6 +155,21 @@ impl WalReader {
             },
         }
     }
+}
+
+/// What a read checks beyond the format.
+#[derive(Debug, Clone, Default)]
+pub struct ReadChecks {
+    /// Segments (first seqs) not read at all (quarantined): neither fetched nor decoded,
+    /// and not a hole — their seqs are simply not returned.
+    pub skip: Vec<SeqNo>,
+    /// `Some`: a hole between two intact segments (the format allows one; writers never
+    /// leave one) ends the read with [`WalError::MissingSegment`] after the entries before
+    /// it — unless the segment after the hole starts at a seq in the set (a hole the
+    /// caller has checked is real). A directory listing is not a snapshot: one that runs
+    /// while segments are written can miss one and show its successor, and a tailing
+    /// reader must not read past that. `None`: holes are not checked.
+    pub holes: Option<std::collections::BTreeSet<SeqNo>>,
 }
 
 /// A fetched segment, waiting to be decoded.
@@ -180,6 +211,8 @@ impl RecoveryReport {
 pub struct WalChunks {
     table: TableName,
     mode: RecoveryMode,
+    /// See [`ReadChecks::holes`].
+    holes: Option<std::collections::BTreeSet<SeqNo>>,
     from_seq: SeqNo,
     batch_size: usize,
     /// `None` once every segment has been read, the read stopped, or failed.
@@ -276,8 +309,10 @@ impl WalChunks {
         if decoded.stop {
             self.fetches = None;
         }
-        match hole {
-            Some((last_seq, next_first_seq)) if next_first_seq > from => {
+        match (hole, &self.holes) {
+            (Some((last_seq, next_first_seq)), Some(allowed))
+                if next_first_seq > from && !allowed.contains(&next_first_seq) =>
+            {
                 Err(WalError::MissingSegment {
                     table: self.table.to_string(),
                     segment,

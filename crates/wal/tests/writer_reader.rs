@@ -11,7 +11,9 @@ use futures::future::join_all;
 use proptest::prelude::*;
 use storage::Storage;
 use storage::paths::{self, TableName};
-use wal::{RecoveryMode, WalEntry, WalError, WalReader, WalWriter, WalWriterConfig, WriteBatch};
+use wal::{
+    ReadChecks, RecoveryMode, WalEntry, WalError, WalReader, WalWriter, WalWriterConfig, WriteBatch,
+};
 
 async fn read_all(storage: &Storage, table: &str, from: u64) -> Vec<WalEntry> {
     let reader = WalReader::open(storage, table).await.expect("open reader");
@@ -377,7 +379,11 @@ async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
     storage.delete(&segments[1]).await.expect("delete");
 
     let reader = WalReader::open(&storage, "t").await.expect("open");
-    let mut chunks = reader.read_from(1, 100, RecoveryMode::SkipCorrupted);
+    let checked = ReadChecks {
+        holes: Some(Default::default()),
+        ..ReadChecks::default()
+    };
+    let mut chunks = reader.read_from_checked(1, 100, RecoveryMode::SkipCorrupted, 2, &checked);
     let first = chunks.next_chunk().await.expect("entries before the hole");
     assert_eq!(seqs(&first.unwrap_or_default()), vec![1, 2, 3, 4]);
     let err = chunks.next_chunk().await.expect_err("the hole");
@@ -397,5 +403,59 @@ async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
         "{err}"
     );
 
+    // A hole the caller has checked (the segment after it starts at 9) is read past, as
+    // is any hole when none are checked (the format allows them).
+    let allowed = ReadChecks {
+        holes: Some([9].into_iter().collect()),
+        ..ReadChecks::default()
+    };
+    let (entries, _) = reader
+        .read_from_checked(1, 100, RecoveryMode::SkipCorrupted, 2, &allowed)
+        .read_all()
+        .await
+        .expect("allowed hole");
+    assert_eq!(seqs(&entries), vec![1, 2, 3, 4, 9, 10, 11, 12]);
+    assert_eq!(seqs(&read_all(&storage, "t", 1).await), seqs(&entries));
     assert_eq!(seqs(&read_all(&storage, "t", 9).await), vec![9, 10, 11, 12]);
+}
+
+/// A quarantined segment is skipped: its seqs are not returned, it is not fetched (here it
+/// is garbage that would fail any mode), and it is no hole.
+#[tokio::test]
+async fn a_skipped_segment_is_not_read_and_is_no_hole() {
+    let storage = Storage::in_memory();
+    let w = WalWriter::open(storage.clone(), "t", WalWriterConfig::default())
+        .await
+        .expect("open");
+    let mut segments = Vec::new();
+    for i in 0..3 {
+        segments.push(w.append(batch(i, 4)).await.expect("append").segment);
+    }
+    drop(w);
+    storage
+        .put(
+            &segments[1],
+            Bytes::from_static(b"not a wal segment at all"),
+        )
+        .await
+        .expect("overwrite");
+
+    let reader = WalReader::open(&storage, "t").await.expect("open");
+    let checks = ReadChecks {
+        skip: vec![5],
+        holes: Some(Default::default()),
+    };
+    let (entries, _) = reader
+        .read_from_checked(1, 3, RecoveryMode::AbsoluteConsistency, 2, &checks)
+        .read_all()
+        .await
+        .expect("no error: the damaged segment is skipped");
+    assert_eq!(seqs(&entries), vec![1, 2, 3, 4, 9, 10, 11, 12]);
+    // Without the skip the same read fails on it.
+    let err = reader
+        .read_from(1, 3, RecoveryMode::AbsoluteConsistency)
+        .read_all()
+        .await
+        .expect_err("damaged");
+    assert!(err.is_damage(), "{err}");
 }

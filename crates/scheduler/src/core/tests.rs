@@ -341,6 +341,7 @@ fn compaction(inputs: Vec<(u32, Vec<FileMeta>)>, output_level: u32) -> TaskSpec 
         target_file_size: 1 << 20,
         trivial_move: false,
         reason: "test".into(),
+        wal_inputs: Vec::new(),
     }
 }
 
@@ -1318,10 +1319,20 @@ fn bisection_quarantines_only_the_corrupt_file_and_the_other_fifteen_are_compact
     ));
     assert!(r.release_quarantined("t", 999).is_err());
     assert_eq!(r.quarantined().count(), 1);
+    // A manual full compaction would read it: refused, naming the file and the way out.
+    let refused = crate::manual::manual_compaction(&r, "t", None, b"", b"", 1 << 20, true);
+    let Err(CoreError::Refused(msg)) = refused else {
+        panic!("a manual compaction over a quarantined file: {refused:?}");
+    };
+    assert!(msg.contains(&format!("file {bad}")), "{msg}");
+    assert!(msg.contains("release-quarantined"), "{msg}");
     let released = r.release_quarantined("t", bad).expect("release");
     assert_eq!(released.file_id, bad);
     assert_eq!(r.quarantined().count(), 0);
     assert!(!r.take_batch().is_empty(), "the release is persisted");
+    let spec = crate::manual::manual_compaction(&r, "t", None, b"", b"", 1 << 20, true)
+        .expect("released: the manual compaction is allowed again");
+    assert!(spec.is_some_and(|s| s.input_file_ids().contains(&bad)));
 }
 
 #[test]
@@ -1538,4 +1549,229 @@ fn after_a_restart_staged_flushes_occupy_no_worker_slot() {
     r.heartbeat(w, &[], T0 + 30);
     let d = r.tick(T0 + 30);
     assert_eq!(d.iter().map(|x| x.task_id).collect::<Vec<_>>(), [first]);
+}
+
+// ---- quarantine of WAL segments ----------------------------------------------------------
+
+fn replay_corruption(attempt: u32, file: &str) -> Outcome {
+    Outcome::Failure(ErrorRecord {
+        attempt,
+        kind: "corruption".into(),
+        message: format!("ReplayError: table t: corrupt record in wal segment {file}"),
+        file: file.into(),
+        offset: 40,
+        retriable: false,
+        at_ms: 0,
+    })
+}
+
+#[test]
+fn a_corrupt_wal_segment_is_quarantined_skipped_kept_and_repaired_after_release() {
+    const SEG: &str = "tables/t/wal/00000000000000000101.wal";
+    let mut config = cfg();
+    config.assign_replays = true;
+    let mut c = Core::new(config);
+    c.create_table("t", vec![], T0).expect("t");
+    c.register_worker("replayer", "r", "r:1", 4, "v", T0)
+        .expect("r");
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0)
+        .expect("k");
+    with_files(
+        &mut c,
+        &[(0, file(1001, "a", "m", 20)), (2, file(1002, "a", "z", 5))],
+    );
+    let d = c.tick(T0 + 1);
+    let replay = d
+        .iter()
+        .find(|x| x.spec.kind() == TaskKind::WalReplay)
+        .expect("replay dispatched")
+        .clone();
+
+    // The first corruption is retried (the segment may be being replaced).
+    c.complete(replay.task_id, 1, replay_corruption(1, SEG), T0 + 2)
+        .expect("report");
+    assert_eq!(c.quarantined().count(), 0);
+    assert_eq!(
+        c.task(replay.task_id).map(|t| t.state),
+        Some(TaskState::Pending)
+    );
+    beat_all(&mut c, T0 + 2_000);
+    let d = c.tick(T0 + 2_000);
+    assert!(
+        d.iter()
+            .any(|x| x.task_id == replay.task_id && x.attempt == 2)
+    );
+    // The second quarantines the segment and queues a replay that skips it.
+    c.complete(replay.task_id, 2, replay_corruption(2, SEG), T0 + 2_001)
+        .expect("report");
+    assert_eq!(
+        c.task(replay.task_id).map(|t| t.state),
+        Some(TaskState::Failed)
+    );
+    let q: Vec<QuarantineRecord> = c.quarantined().cloned().collect();
+    assert_eq!(q.len(), 1, "{q:?}");
+    let qid = q[0].file_id;
+    assert!(qid != 1001 && qid != 1002, "an id of its own, not an SST's");
+    assert_eq!(q[0].wal.as_ref().map(|w| w.first_seq), Some(101));
+    assert_eq!(q[0].error.file, SEG);
+    assert_eq!(c.wal_skips("t"), vec![101]);
+    beat_all(&mut c, T0 + 2_002);
+    let d = c.tick(T0 + 2_002);
+    let next = d
+        .iter()
+        .find(|x| x.spec.kind() == TaskKind::WalReplay)
+        .expect("a new replay");
+    assert_ne!(next.task_id, replay.task_id);
+    let TaskSpec::WalReplay { skip_segments, .. } = &next.spec else {
+        panic!("{next:?}");
+    };
+    assert_eq!(skip_segments, &vec![101]);
+    // The same failure again (an operator's retried replay without the skip) adds no record.
+    assert_eq!(c.quarantined().count(), 1);
+
+    // It survives a restart.
+    c.take_batch();
+    let snap = CatalogSnapshot {
+        tables: c.tables.clone(),
+        manifests: c.manifests.clone(),
+        tasks: c.tasks.clone(),
+        quarantined: c.quarantined.clone(),
+        ..Default::default()
+    };
+    let mut c = Core::from_snapshot(cfg(), snap, T0 + 3_000);
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0 + 3_000)
+        .expect("k");
+    assert_eq!(c.wal_skips("t"), vec![101]);
+
+    // Released: a full compaction with the segment as an extra input; the replay keeps
+    // skipping it until that commits.
+    let released = c.release_quarantined("t", qid).expect("release");
+    assert!(released.wal.is_some_and(|w| w.released));
+    assert!(matches!(
+        c.release_quarantined("t", qid),
+        Err(CoreError::Refused(_))
+    ));
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, T0 + 3_001);
+    assert_eq!(queued.len(), 1);
+    let repair = c.task(queued[0]).expect("repair").clone();
+    let TaskSpec::Compaction {
+        inputs,
+        output_level,
+        bottommost,
+        wal_inputs,
+        ..
+    } = &repair.spec
+    else {
+        panic!("{repair:?}");
+    };
+    assert_eq!(wal_inputs, &vec![101]);
+    assert_eq!(*output_level, 2, "into the deepest non-empty level");
+    assert!(*bottommost, "nothing else of the table is quarantined");
+    let ids: Vec<u64> = inputs
+        .iter()
+        .flat_map(|(_, f)| f.iter().map(|f| f.id))
+        .collect();
+    assert_eq!(ids, vec![1001, 1002], "every file of every level");
+    assert_eq!(c.wal_skips("t"), vec![101]);
+    let d = c.tick(T0 + 3_002);
+    let x = d
+        .iter()
+        .find(|x| x.task_id == repair.id)
+        .expect("dispatched");
+    let TaskSpec::Compaction { wal_inputs, .. } = &x.spec else {
+        panic!("{x:?}");
+    };
+    assert_eq!(wal_inputs, &vec![101], "the dispatch carries the segment");
+    let out = x.output_file_ids[0];
+    c.complete(
+        repair.id,
+        x.attempt,
+        success(vec![file(out, "a", "z", 101)]),
+        T0 + 3_003,
+    )
+    .expect("commit");
+    assert_eq!(c.quarantined().count(), 0, "repaired: out of quarantine");
+    assert!(c.wal_skips("t").is_empty());
+    let levels = &c.manifest("t").expect("m").levels.levels;
+    assert!(levels[0].is_empty() && levels[1].is_empty());
+    assert_eq!(
+        levels[2].iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![out]
+    );
+    assert!(!c.take_batch().is_empty(), "the removal is persisted");
+}
+
+#[test]
+fn a_repair_that_meets_corruption_leaves_the_segment_quarantined_and_unreleased() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0)
+        .expect("k");
+    with_files(&mut c, &[(1, file(1, "a", "z", 5))]);
+    c.quarantined.insert(
+        77,
+        QuarantineRecord {
+            table: "t".into(),
+            file_id: 77,
+            level: 0,
+            error: ErrorRecord {
+                attempt: 1,
+                kind: "corruption".into(),
+                message: "first".into(),
+                file: "tables/t/wal/00000000000000000009.wal".into(),
+                offset: 1,
+                retriable: false,
+                at_ms: 0,
+            },
+            since_ms: T0,
+            wal: Some(catalog::WalQuarantine {
+                first_seq: 9,
+                repair_task: 0,
+                released: false,
+            }),
+        },
+    );
+    // An SST of the table quarantined too: the repair waits (it would read that file).
+    c.quarantined.insert(
+        78,
+        QuarantineRecord {
+            wal: None,
+            file_id: 1,
+            level: 1,
+            ..c.quarantined[&77].clone()
+        },
+    );
+    c.release_quarantined("t", 77).expect("release");
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, T0 + 1);
+    assert!(queued.is_empty(), "waits while an SST is quarantined");
+    c.quarantined.remove(&78);
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, T0 + 2);
+    assert_eq!(queued.len(), 1);
+    let d = c.tick(T0 + 3);
+    let x = d
+        .iter()
+        .find(|x| x.task_id == queued[0])
+        .expect("dispatched");
+    let still = Outcome::Failure(ErrorRecord {
+        attempt: x.attempt,
+        kind: "corruption".into(),
+        message: "still corrupt".into(),
+        file: "tables/t/wal/00000000000000000009.wal".into(),
+        offset: 3,
+        retriable: false,
+        at_ms: 0,
+    });
+    c.complete(queued[0], x.attempt, still, T0 + 4)
+        .expect("report");
+    assert_eq!(
+        c.task(queued[0]).map(|t| t.state),
+        Some(TaskState::Failed),
+        "a repair is not bisected"
+    );
+    let q = &c.quarantined[&77];
+    let w = q.wal.as_ref().expect("wal");
+    assert!(!w.released && w.repair_task == 0, "{q:?}");
+    assert_eq!(q.error.message, "still corrupt");
+    let (queued, _) = c.plan_compactions(&level_strategy(), true, T0 + 5);
+    assert!(queued.is_empty(), "no new repair until released again");
+    assert_eq!(c.manifest("t").map(|m| m.levels.levels[1].len()), Some(1));
 }
