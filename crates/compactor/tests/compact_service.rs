@@ -161,6 +161,26 @@ impl Cluster {
         }
     }
 
+    /// Appends `batch` to the table's WAL (first seq above `min_last_seq`); returns the
+    /// segment's path on disk.
+    async fn write_wal(&self, min_last_seq: u64, batch: wal::WriteBatch) -> PathBuf {
+        let storage = storage::Storage::local(self.storage_dir.path()).expect("storage");
+        let config = wal::WalWriterConfig {
+            min_last_seq,
+            ..wal::WalWriterConfig::default()
+        };
+        let writer = wal::WalWriter::open(storage, TABLE, config)
+            .await
+            .expect("writer");
+        let appended = writer.append(batch).await.expect("append");
+        self.storage_dir
+            .path()
+            .join("tables")
+            .join(TABLE)
+            .join("wal")
+            .join(storage::paths::wal_segment_name(appended.first_seq))
+    }
+
     async fn dispatch(&mut self, request: pb::CompactLevelRequest) -> Result<(), Status> {
         let resp = self.compactor.compact_level(request).await?.into_inner();
         assert!(resp.accepted);
@@ -575,22 +595,13 @@ async fn a_refused_completion_is_final_and_the_outputs_stay_for_cleanup() {
 #[tokio::test]
 async fn a_repair_merges_a_wal_segment_by_sequence_number_and_leaves_no_trace_of_it() {
     let mut c = Cluster::start(1).await;
-    let storage = storage::Storage::local(c.storage_dir.path()).expect("storage");
-    let writer = wal::WalWriter::open(
-        storage.clone(),
-        TABLE,
-        wal::WalWriterConfig {
-            min_last_seq: 49,
-            ..wal::WalWriterConfig::default()
-        },
-    )
-    .await
-    .expect("writer");
     let mut batch = wal::WriteBatch::new();
     batch.put("a", "a-wal").delete("d").put("f", "f-wal");
-    let appended = writer.append(batch).await.expect("append");
-    assert_eq!((appended.first_seq, appended.last_seq), (50, 52));
-    drop(writer);
+    let segment = c.write_wal(49, batch).await;
+    assert!(
+        segment.ends_with(storage::paths::wal_segment_name(50)),
+        "seqs 50..=52"
+    );
     let l1 = c.put_input(
         1,
         vec![
@@ -617,13 +628,6 @@ async fn a_repair_merges_a_wal_segment_by_sequence_number_and_leaves_no_trace_of
         ]
     );
     c.wait_idle().await;
-    let segment = c
-        .storage_dir
-        .path()
-        .join("tables")
-        .join(TABLE)
-        .join("wal")
-        .join(storage::paths::wal_segment_name(50));
     assert_eq!(
         c.stored_files(),
         vec![c.sst_path(1), c.sst_path(100), segment],
@@ -636,21 +640,9 @@ async fn a_repair_merges_a_wal_segment_by_sequence_number_and_leaves_no_trace_of
 #[tokio::test]
 async fn a_repair_of_a_still_corrupt_segment_fails_naming_it() {
     let mut c = Cluster::start(1).await;
-    let storage = storage::Storage::local(c.storage_dir.path()).expect("storage");
-    let writer = wal::WalWriter::open(storage.clone(), TABLE, wal::WalWriterConfig::default())
-        .await
-        .expect("writer");
     let mut batch = wal::WriteBatch::new();
     batch.put("a", "a-wal");
-    writer.append(batch).await.expect("append");
-    drop(writer);
-    let segment = c
-        .storage_dir
-        .path()
-        .join("tables")
-        .join(TABLE)
-        .join("wal")
-        .join(storage::paths::wal_segment_name(1));
+    let segment = c.write_wal(0, batch).await;
     let mut bytes = std::fs::read(&segment).expect("segment");
     let at = bytes.len() - 2;
     bytes[at] ^= 0x5a;

@@ -1515,40 +1515,61 @@ impl Core {
         if sst_quarantined {
             return Ok(None);
         }
-        let Some(m) = self.manifests.get(table) else {
+        if self.manifests.get(table).is_none() {
             return Ok(None);
-        };
-        let levels = &m.levels.levels;
-        let output_level = levels
-            .iter()
-            .rposition(|files| !files.is_empty())
-            .unwrap_or(0)
-            .max(1) as u32;
-        let inputs: Vec<(u32, Vec<lsm::manifest::FileMeta>)> = levels
-            .iter()
-            .enumerate()
-            .filter(|(_, files)| !files.is_empty())
-            .map(|(l, files)| (l as u32, files.clone()))
-            .collect();
+        }
         let repaired: BTreeSet<u64> = released.iter().map(|(qid, _)| *qid).collect();
         // Tombstones may go only if no other segment of the table stays quarantined.
-        let bottommost = !self
+        let alone = !self
             .quarantined
             .values()
             .any(|q| q.table == table && !repaired.contains(&q.file_id));
-        let spec = TaskSpec::Compaction {
-            table: table.to_owned(),
-            inputs,
-            output_level,
-            bottommost,
+        let reason = format!(
+            "{}: {} released wal segment(s)",
+            crate::quarantine::REPAIR_REASON,
+            released.len()
+        );
+        let wal = released.iter().map(|(_, s)| *s).collect();
+        // The full compaction an operator's `compact --force` would get, plus the segments
+        // (a table without files: the segments alone, into L1).
+        let spec = match crate::manual::manual_compaction(
+            self,
+            table,
+            None,
+            b"",
+            b"",
             target_file_size,
-            trivial_move: false,
-            reason: format!(
-                "{}: {} released wal segment(s)",
-                crate::quarantine::REPAIR_REASON,
-                released.len()
-            ),
-            wal_inputs: released.iter().map(|(_, s)| *s).collect(),
+            true,
+        ) {
+            Ok(Some(TaskSpec::Compaction {
+                inputs,
+                output_level,
+                bottommost,
+                ..
+            })) => TaskSpec::Compaction {
+                table: table.to_owned(),
+                inputs,
+                output_level,
+                bottommost: bottommost && alone,
+                target_file_size,
+                trivial_move: false,
+                reason,
+                wal_inputs: wal,
+            },
+            Ok(_) => TaskSpec::Compaction {
+                table: table.to_owned(),
+                inputs: Vec::new(),
+                output_level: 1,
+                bottommost: alone,
+                target_file_size,
+                trivial_move: false,
+                reason,
+                wal_inputs: wal,
+            },
+            Err(e) => {
+                tracing::debug!(table, error = %e, "wal segment repair waits");
+                return Err(());
+            }
         };
         match self.submit(spec, 90, now_ms) {
             Ok(task_id) => {

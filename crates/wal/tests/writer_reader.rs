@@ -362,11 +362,8 @@ async fn foreign_objects_in_the_wal_directory_are_ignored() {
     assert_eq!(read_all(&storage, "t", 0).await.len(), 2);
 }
 
-/// A listing that misses a segment (one created while a directory listing ran, or one that
-/// is gone) must not be read past: the entries before the hole come out, then an error
-/// naming the missing seqs; a read that starts after the hole is unaffected.
-#[tokio::test]
-async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
+/// Segments of seqs 1..=4, 5..=8 and 9..=12 of table `t`.
+async fn three_segments_of_four() -> (Storage, Vec<storage::ObjectPath>) {
     let storage = Storage::in_memory();
     let w = WalWriter::open(storage.clone(), "t", WalWriterConfig::default())
         .await
@@ -375,7 +372,15 @@ async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
     for i in 0..3 {
         segments.push(w.append(batch(i, 4)).await.expect("append").segment);
     }
-    drop(w);
+    (storage, segments)
+}
+
+/// A listing that misses a segment (one created while a directory listing ran, or one that
+/// is gone) must not be read past: the entries before the hole come out, then an error
+/// naming the missing seqs; a read that starts after the hole is unaffected.
+#[tokio::test]
+async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
+    let (storage, segments) = three_segments_of_four().await;
     storage.delete(&segments[1]).await.expect("delete");
 
     let reader = WalReader::open(&storage, "t").await.expect("open");
@@ -423,15 +428,7 @@ async fn a_hole_between_segments_stops_the_read_with_the_missing_seqs() {
 /// is garbage that would fail any mode), and it is no hole.
 #[tokio::test]
 async fn a_skipped_segment_is_not_read_and_is_no_hole() {
-    let storage = Storage::in_memory();
-    let w = WalWriter::open(storage.clone(), "t", WalWriterConfig::default())
-        .await
-        .expect("open");
-    let mut segments = Vec::new();
-    for i in 0..3 {
-        segments.push(w.append(batch(i, 4)).await.expect("append").segment);
-    }
-    drop(w);
+    let (storage, segments) = three_segments_of_four().await;
     storage
         .put(
             &segments[1],
