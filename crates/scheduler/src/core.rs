@@ -1515,7 +1515,7 @@ impl Core {
         if sst_quarantined {
             return Ok(None);
         }
-        if self.manifests.get(table).is_none() {
+        if !self.manifests.contains_key(table) {
             return Ok(None);
         }
         let repaired: BTreeSet<u64> = released.iter().map(|(qid, _)| *qid).collect();
