@@ -861,6 +861,9 @@ pub fn drain_and_check(
         load.killed.len() - load.runs_failed,
         acked.len()
     );
+    if load.runs_failed > 0 {
+        crate::report!("last failed load: {}", load.last_error.trim());
+    }
     for t in tables {
         let unknown = load.unknown(t, &acked);
         let l = check_ledger(c, t, &acked, &unknown);
