@@ -7,15 +7,17 @@
 //! - trees (P3, P4): an in-process driver — entries → memtable of the configured size →
 //!   flush to an L0 SST → the version gets the file → OUR picker (`lsm::compaction::pick`)
 //!   → each plan executed by `compact` (or applied as a trivial move) → the edit applied,
-//!   until the picker proposes nothing. Compactions run inline after each flush (one
-//!   background job that never lags), so the tree the picker sees is always settled;
+//!   until the picker proposes nothing. Like RocksDB with one background job, compactions
+//!   run one at a time on their own thread while the writer keeps filling and flushing
+//!   memtables (writes stop while L0 holds 36 files, RocksDB's default stop trigger), so
+//!   L0 grows while a compaction runs and the next L0 compaction takes all of it;
 //! - replay (P5, P7): `replayer::replay::pass` over a WAL written by `wal::WalWriter`.
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -197,14 +199,16 @@ pub fn p2_compact(root: &Path, threads: usize) -> anyhow::Result<Figures> {
         std::fs::remove_file(sst_path(root, o.file_id)?)?;
     }
     let input_entries: u64 = l0.iter().map(|f| f.entries).sum();
-    Ok(compaction_figures(
+    let mut f = compaction_figures(
         input_entries,
         c.stats.output_entries,
         l0.iter().map(|f| f.size).sum(),
         c.bytes_written,
         took,
         cpu,
-    ))
+    );
+    f.insert("compaction_input_records".into(), input_entries as f64);
+    Ok(f)
 }
 
 /// P2's figures from either engine. Throughput is in input *user* bytes (entries × 116),
@@ -240,66 +244,107 @@ struct TreeCounts {
     compaction_written: u64,
     /// Largest sum of live files plus the outputs of the compaction running at the time.
     peak_space: u64,
+    /// Times the writer waited for L0 to shrink below the stop trigger.
+    stalls: u64,
 }
 
-struct Tree<'a> {
-    s: &'a Settings,
-    strategy: Strategy,
-    root: &'a Path,
-    storage: Storage,
-    rt: tokio::runtime::Runtime,
-    version: Version,
-    next_id: u64,
-    counts: TreeCounts,
+/// L0 files at which writes stop until a compaction shrinks L0 (RocksDB's default
+/// `level0_stop_writes_trigger`).
+const L0_STOP: usize = 36;
+
+/// The tree shared by the writer (flushes) and the compaction thread.
+struct Tree {
+    version: Mutex<(Version, TreeCounts)>,
+    changed: std::sync::Condvar,
+    done: std::sync::atomic::AtomicBool,
+    next_id: AtomicU64,
 }
 
-impl Tree<'_> {
-    fn live_bytes(&self) -> u64 {
-        self.version.levels.iter().flatten().map(|f| f.size).sum()
-    }
+fn live_bytes(v: &Version) -> u64 {
+    v.levels.iter().flatten().map(|f| f.size).sum()
+}
 
-    fn add_l0(&mut self, memtable: &Arc<Memtable>) -> anyhow::Result<()> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let meta = flush_memtable(memtable, self.root, id, &self.s.sst_options())?;
-        self.counts.flushes += 1;
-        self.counts.flushed_bytes += meta.size;
-        self.version = self.version.apply(&VersionEdit {
+fn lock(tree: &Tree) -> std::sync::MutexGuard<'_, (Version, TreeCounts)> {
+    tree.version
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Tree {
+    /// The writer's side: flushes `memtable` to an L0 file and adds it; waits first while
+    /// L0 is at the stop trigger.
+    fn add_l0(&self, s: &Settings, root: &Path, memtable: &Arc<Memtable>) -> anyhow::Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let meta = flush_memtable(memtable, root, id, &s.sst_options())?;
+        let mut g = lock(self);
+        if g.0.levels[0].len() >= L0_STOP {
+            g.1.stalls += 1;
+            while g.0.levels[0].len() >= L0_STOP {
+                g = self
+                    .changed
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        let (version, counts) = &mut *g;
+        counts.flushes += 1;
+        counts.flushed_bytes += meta.size;
+        *version = version.apply(&VersionEdit {
             removed: Vec::new(),
             added: vec![(0, meta)],
         })?;
-        self.counts.peak_space = self.counts.peak_space.max(self.live_bytes());
-        self.settle()
+        counts.peak_space = counts.peak_space.max(live_bytes(version));
+        self.changed.notify_all();
+        Ok(())
     }
 
-    /// Runs the picker's first plan until it proposes nothing.
-    fn settle(&mut self) -> anyhow::Result<()> {
+    /// The compaction thread (one background job): runs the picker's first plan, applies
+    /// its edit, and again, until the writer is done and the picker proposes nothing.
+    fn compact_loop(
+        &self,
+        s: &Settings,
+        strategy: &Strategy,
+        root: &Path,
+        storage: &Storage,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<()> {
         let locked = BTreeSet::new();
         loop {
-            let out = pick(
-                &self.strategy,
-                &PickerInput {
-                    version: &self.version,
-                    locked: &locked,
-                },
-            );
-            let Some(plan) = out.plans.into_iter().next() else {
-                return Ok(());
+            let plan = {
+                let mut g = lock(self);
+                loop {
+                    let out = pick(
+                        strategy,
+                        &PickerInput {
+                            version: &g.0,
+                            locked: &locked,
+                        },
+                    );
+                    if let Some(plan) = out.plans.into_iter().next() {
+                        break plan;
+                    }
+                    if self.done.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    g = self
+                        .changed
+                        .wait(g)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
             };
             if plan.trivial_move {
-                self.version = self.version.apply(&plan.move_edit())?;
-                self.counts.trivial_moves += 1;
+                let mut g = lock(self);
+                g.0 = g.0.apply(&plan.move_edit())?;
+                g.1.trivial_moves += 1;
+                self.changed.notify_all();
                 continue;
             }
             let ids = plan.input_bytes() / plan.target_file_size.max(1) + 64;
-            let spec = CompactionSpec::from_plan(
-                table()?,
-                &plan,
-                (self.next_id..self.next_id + ids).collect(),
-            );
+            let first = self.next_id.fetch_add(ids, Ordering::Relaxed);
+            let spec = CompactionSpec::from_plan(table()?, &plan, (first..first + ids).collect());
             let store = Arc::new(StorageSstStore::new(
-                self.storage.clone(),
-                self.rt.handle().clone(),
+                storage.clone(),
+                rt.handle().clone(),
                 table()?,
                 readahead_for(spec.input_count()),
             ));
@@ -307,7 +352,7 @@ impl Tree<'_> {
                 &store,
                 &spec,
                 &MergeOptions {
-                    sst_options: self.s.sst_options(),
+                    sst_options: s.sst_options(),
                     ..MergeOptions::default()
                 },
                 &Control::default(),
@@ -315,23 +360,19 @@ impl Tree<'_> {
             if c.consumed.is_some() {
                 bail!("compaction preempted: {}", plan.reason);
             }
-            self.next_id = c
-                .outputs
-                .iter()
-                .map(|o| o.file_id + 1)
-                .max()
-                .unwrap_or(self.next_id)
-                .max(self.next_id);
-            let live = self.live_bytes();
-            self.counts.peak_space = self.counts.peak_space.max(live + c.bytes_written);
-            self.counts.compactions += 1;
-            self.counts.compaction_read += c.bytes_read;
-            self.counts.compaction_written += c.bytes_written;
-            self.version = self
-                .version
-                .apply(&plan.edit(c.outputs.iter().map(|o| o.manifest_meta())))?;
+            {
+                let mut g = lock(self);
+                let (version, counts) = &mut *g;
+                counts.peak_space = counts.peak_space.max(live_bytes(version) + c.bytes_written);
+                counts.compactions += 1;
+                counts.compaction_read += c.bytes_read;
+                counts.compaction_written += c.bytes_written;
+                *version =
+                    version.apply(&plan.edit(c.outputs.iter().map(|o| o.manifest_meta())))?;
+                self.changed.notify_all();
+            }
             for (_, f) in plan.input_files() {
-                std::fs::remove_file(sst_path(self.root, f.id)?)?;
+                std::fs::remove_file(sst_path(root, f.id)?)?;
             }
         }
     }
@@ -346,61 +387,70 @@ pub fn tree(s: &Settings, leveled: bool, entries: &Path, root: &Path) -> anyhow:
     };
     let rt = runtime()?;
     let storage = Storage::local(root)?;
-    let mut tree = Tree {
-        s,
-        strategy,
-        root,
-        storage,
-        rt,
-        version: Version::new(7),
-        next_id: 1,
-        counts: TreeCounts::default(),
+    let tree = Tree {
+        version: Mutex::new((Version::new(7), TreeCounts::default())),
+        changed: std::sync::Condvar::new(),
+        done: std::sync::atomic::AtomicBool::new(false),
+        next_id: AtomicU64::new(1),
     };
     let sampler = sys::SpaceSampler::start(root.to_path_buf(), Duration::from_millis(20));
     let mut reader = EntryReader::open(entries)?;
     let start = Instant::now();
-    let mut seq = 1;
-    let mut memtable = Arc::new(Memtable::new(1));
-    while let Some(e) = reader.next_entry()? {
-        memtable.insert(&e.key, seq, ValueKind::Put, &e.value)?;
-        seq += 1;
-        if memtable.approximate_memory_usage() as u64 >= s.memtable_bytes {
-            memtable.freeze();
-            tree.add_l0(&memtable)?;
-            memtable = Arc::new(Memtable::new(seq));
-        }
-    }
-    let load_s = start.elapsed().as_secs_f64();
-    if !memtable.is_empty() {
-        memtable.freeze();
-        tree.add_l0(&memtable)?;
-    }
+    let (load_s, compacted) = std::thread::scope(|scope| {
+        let compactor = scope.spawn(|| tree.compact_loop(s, &strategy, root, &storage, &rt));
+        let written = (|| -> anyhow::Result<f64> {
+            let mut seq = 1;
+            let mut memtable = Arc::new(Memtable::new(1));
+            while let Some(e) = reader.next_entry()? {
+                memtable.insert(&e.key, seq, ValueKind::Put, &e.value)?;
+                seq += 1;
+                if memtable.approximate_memory_usage() as u64 >= s.memtable_bytes {
+                    memtable.freeze();
+                    tree.add_l0(s, root, &memtable)?;
+                    memtable = Arc::new(Memtable::new(seq));
+                }
+            }
+            let load_s = start.elapsed().as_secs_f64();
+            if !memtable.is_empty() {
+                memtable.freeze();
+                tree.add_l0(s, root, &memtable)?;
+            }
+            Ok(load_s)
+        })();
+        tree.done.store(true, Ordering::Release);
+        tree.changed.notify_all();
+        let compacted = compactor
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("compaction thread panicked")));
+        (written, compacted)
+    });
+    let load_s = load_s?;
+    compacted?;
     let took = start.elapsed();
-    let sampled = sampler.stop(tree.counts.peak_space);
-    let live_end = tree.live_bytes();
-    let c = &tree.counts;
+    let g = lock(&tree);
+    let (version, c) = &*g;
+    let sampled = sampler.stop(c.peak_space);
     let user = reader.entries * ENTRY_BYTES;
-    let levels: Vec<f64> = tree.version.levels.iter().map(|l| l.len() as f64).collect();
     let mut f = tree_figures(TreeTotals {
         entries: reader.entries,
         distinct: s.p3_load_keys,
         flushed: c.flushed_bytes,
         compaction_written: c.compaction_written,
         peak_space: sampled,
-        live_end,
+        live_end: live_bytes(version),
         took,
         load_s,
     });
     f.insert("flushes".into(), c.flushes as f64);
     f.insert("compactions".into(), c.compactions as f64);
     f.insert("trivial_moves".into(), c.trivial_moves as f64);
+    f.insert("write_stalls".into(), c.stalls as f64);
     f.insert("compaction_read_bytes".into(), c.compaction_read as f64);
     f.insert("peak_space_exact_bytes".into(), c.peak_space as f64);
     f.insert("user_bytes".into(), user as f64);
-    for (i, n) in levels.iter().enumerate() {
-        f.insert(format!("files_l{i}"), *n);
+    for (i, l) in version.levels.iter().enumerate() {
+        f.insert(format!("files_l{i}"), l.len() as f64);
     }
-    drop(tree);
     Ok(f)
 }
 
