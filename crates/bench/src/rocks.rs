@@ -202,17 +202,7 @@ pub fn tree(s: &Settings, leveled: bool, entries: &Path, work: &Path) -> anyhow:
     }
     let load_s = start.elapsed().as_secs_f64();
     db.flush()?;
-    loop {
-        let busy = int_property(&db, "rocksdb.compaction-pending")?
-            + int_property(&db, "rocksdb.num-running-compactions")?
-            + int_property(&db, "rocksdb.num-running-flushes")?
-            + int_property(&db, "rocksdb.mem-table-flush-pending")?;
-        if busy == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = start.elapsed();
+    let took = wait_until_quiet(&db)?.duration_since(start);
     let peak = sampler.stop(0);
     let flushed = o.get_ticker_count(Ticker::FlushWriteBytes);
     let compaction_written = o.get_ticker_count(Ticker::CompactWriteBytes);
@@ -239,6 +229,33 @@ pub fn tree(s: &Settings, leveled: bool, entries: &Path, work: &Path) -> anyhow:
         f.insert(format!("files_l{i}"), *n as f64);
     }
     Ok(f)
+}
+
+/// Waits until no flush or compaction runs or is pending; returns when that began.
+///
+/// Universal compaction can report `compaction-pending` while its picker finds nothing to
+/// do (as many sorted runs as the trigger allows, none eligible): nothing running and no
+/// flush pending for a whole second also counts as quiet, from the start of that second.
+fn wait_until_quiet(db: &DB) -> anyhow::Result<Instant> {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let running = int_property(db, "rocksdb.num-running-compactions")?
+            + int_property(db, "rocksdb.num-running-flushes")?
+            + int_property(db, "rocksdb.mem-table-flush-pending")?;
+        let now = Instant::now();
+        if running == 0 {
+            if int_property(db, "rocksdb.compaction-pending")? == 0 {
+                return Ok(now);
+            }
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) >= Duration::from_secs(1) {
+                return Ok(since);
+            }
+        } else {
+            idle_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// P5 preparation, run in a child that the parent kills with SIGKILL once it prints

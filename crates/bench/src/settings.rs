@@ -93,7 +93,7 @@ impl Settings {
             p4_min_threshold: 4,
             p4_min_sstable_bytes: s(50 * MIB),
             p5_wal_bytes,
-            p6_tasks: 5000,
+            p6_tasks: if scale >= 0.005 { 5000 } else { 1000 },
             p6_rate: 1000,
             p6_seconds: if scale >= 0.05 { 5 } else { 2 },
             // The replayer's default memtable, unless P5's log is too small to fill the
