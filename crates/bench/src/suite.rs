@@ -783,3 +783,80 @@ pub fn table(r: &SuiteResult) -> String {
     out.push_str(&format!("\ntotal {:.0} s\n", r.total_s));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn goals_compare_the_right_side() {
+        assert_eq!(Goal::RatioAtLeast(1.3).met(10.0, Some(1.3)), Some(true));
+        assert_eq!(Goal::RatioAtLeast(1.3).met(10.0, Some(1.29)), Some(false));
+        assert_eq!(Goal::RatioAtMost(0.9).met(1.0, Some(0.91)), Some(false));
+        assert_eq!(Goal::RatioAtMost(0.9).met(1.0, None), None);
+        assert_eq!(Goal::AtLeast(5000.0).met(5000.0, None), Some(true));
+        assert_eq!(Goal::AtMost(2.0).met(2.1, Some(0.5)), Some(false));
+        assert_eq!(Goal::Below(5.0).met(5.0, None), Some(false));
+        assert_eq!(Goal::None.met(1.0, Some(1.0)), None);
+    }
+
+    #[test]
+    fn every_workload_has_a_spec_and_unknown_ones_are_refused() {
+        for w in WORKLOADS {
+            let sp = spec(w).expect("spec");
+            assert!(!sp.metrics.is_empty());
+        }
+        assert!(spec("p9").is_err());
+    }
+
+    #[test]
+    fn rows_take_medians_and_flag_different_entries() {
+        let sp = spec("p1").expect("spec");
+        let run = |engine, rep, mb: f64, entries: f64| Run {
+            engine,
+            rep,
+            child_wall_s: 1.0,
+            cpu_s: 1.0,
+            peak_rss_bytes: 1,
+            figures: Figures::from([
+                ("flush_mb_s".to_owned(), mb),
+                ("flush_cpu_s_per_gb".to_owned(), 1.0),
+                ("entries".to_owned(), entries),
+            ]),
+        };
+        let same = summarize(
+            &sp,
+            Figures::new(),
+            0.0,
+            vec![
+                run(Engine::Ours, 0, 300.0, 10.0),
+                run(Engine::Rocksdb, 0, 100.0, 10.0),
+                run(Engine::Ours, 1, 200.0, 10.0),
+                run(Engine::Rocksdb, 1, 100.0, 10.0),
+                run(Engine::Ours, 2, 100.0, 10.0),
+                run(Engine::Rocksdb, 2, 100.0, 10.0),
+            ],
+        );
+        assert_eq!(same.same_entries, Some(true));
+        assert_eq!(same.rows[0].ours, 200.0);
+        assert_eq!(same.rows[0].ratio, Some(2.0));
+        assert_eq!(same.rows[0].met, Some(true));
+        let different = summarize(
+            &sp,
+            Figures::new(),
+            0.0,
+            vec![
+                run(Engine::Ours, 0, 1.0, 10.0),
+                run(Engine::Rocksdb, 0, 1.0, 11.0),
+            ],
+        );
+        assert_eq!(different.same_entries, Some(false));
+    }
+}
