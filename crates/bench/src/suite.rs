@@ -723,7 +723,7 @@ pub fn table(r: &SuiteResult) -> String {
         mib(s.p7_memtable_bytes),
     ));
     out.push_str(&format!(
-        "{:<5} {:<30} {:>11} {:>11} {:>7} {:>12} {:>4} | {:>16} {:>18} | {}\n",
+        "{:<5} {:<30} {:>11} {:>11} {:>8} {:>12} {:>4} | {:>16} {:>18} | {}\n",
         "wl",
         "metric",
         "ours",
@@ -764,12 +764,12 @@ pub fn table(r: &SuiteResult) -> String {
                 format!("{:>16} {:>18} |", "", "")
             };
             out.push_str(&format!(
-                "{:<5} {:<30} {:>11} {:>11} {:>7} {:>12} {:>4} | {}\n",
+                "{:<5} {:<30} {:>11} {:>11} {:>8} {:>12} {:>4} | {}\n",
                 row.workload,
                 row.metric,
                 num(row.ours),
                 row.rocksdb.map_or("-".into(), num),
-                row.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+                row.ratio.map_or("-".into(), |x| format!("{x:.3}x")),
                 row.goal_text,
                 match row.met {
                     Some(true) => "yes",
