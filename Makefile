@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := /tmp/.data-processor-apt-updated
 
-.PHONY: run build release test sim crash-test lint fmt bench fuzz deps test-tools deploy-tools deploy-check clean
+.PHONY: run build release test sim crash-test lint fmt bench bench-quick bench-micro fuzz deps test-tools deploy-tools deploy-check clean
 
 # Every build uses the whole workspace with all targets, so cargo resolves the same
 # features each time: RocksDB's build script (bindgen) shares host dependencies with
@@ -64,12 +64,28 @@ lint: deps
 fmt:
 	$(CARGO) fmt --all
 
-## bench: criterion benchmarks (release profile; includes RocksDB comparisons), the
-## replayer's memory figure (docs/bench/replay_flush.md) and the full L0 compaction of
-## ~2 GB (docs/bench/compaction.md; DP_BENCH_COMPACTION_MB sets the size). The features
-## only switch on optional uses of the same rocksdb dependency: RocksDB is compiled once.
+## bench: the dp-bench standard set (issue #9): every workload P1-P7 on our code and on
+## RocksDB with the same data, settings and cores, alternating ours/RocksDB 3 times in
+## child processes, medians and ratios; the table on stdout, every figure with the machine
+## description in docs/bench/results.json (about 10 minutes on 2 cores; see
+## docs/bench/README.md). BENCH_ARGS adds options, e.g. BENCH_ARGS="--workloads p1,p3".
+## The features only switch on optional uses of the same rocksdb dependency: RocksDB is
+## compiled once (in the release profile).
+BENCH_FEATURES := sst/rocksdb-bench,replayer/rocksdb-bench,compactor/rocksdb-bench
+DP_BENCH = $(CARGO) run --release -q -p bench --features $(BENCH_FEATURES) --bin dp-bench --
+BENCH_JSON ?= docs/bench/results.json
 bench: deps
-	$(CARGO) bench --workspace --features sst/rocksdb-bench,replayer/rocksdb-bench,compactor/rocksdb-bench
+	$(DP_BENCH) suite --preset standard --json $(BENCH_JSON) $(BENCH_ARGS)
+
+## bench-quick: the same workloads at a smaller scale, one run each (CI smoke, ~1 minute)
+bench-quick: deps
+	$(DP_BENCH) suite --preset quick --json $(or $(BENCH_QUICK_JSON),target/bench-quick.json) $(BENCH_ARGS)
+
+## bench-micro: the criterion suites of the hot inner loops (block encode/decode, bloom,
+## merge iterator, memtable insert, WAL) and the older per-crate comparisons
+## (docs/bench/replay_flush.md, docs/bench/compaction.md)
+bench-micro: deps
+	$(CARGO) bench --workspace --features $(BENCH_FEATURES)
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (stable toolchain, no sanitizer)
 FUZZ_SECONDS ?= 60

@@ -257,6 +257,10 @@ impl BlockIter {
 
     /// Decodes the entry at `self.next`; at the end of the entries becomes invalid.
     #[inline]
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "a cursor like InternalIterator::next, not an Iterator (public for the benches)"
+    )]
     pub fn next(&mut self) -> Result<(), String> {
         let pos = self.next;
         if pos >= self.block.entries_end {

@@ -106,7 +106,9 @@
 //! `tests/corruption.rs` flips every bit and tries every truncation of a small file;
 //! `fuzz/fuzz_targets/sst_reader.rs` fuzzes the reader.
 
-mod block;
+/// Public for the criterion suite of the hot loops (`benches/micro.rs`); the file format's
+/// API is [`SstBuilder`] and [`SstReader`].
+pub mod block;
 pub mod bloom;
 mod builder;
 mod coding;
