@@ -557,6 +557,11 @@ fn replay(
 ) -> anyhow::Result<(PassStats, PassOutcome)> {
     let state = Mutex::new(TableState::new(TABLE, 0, 1, 0));
     let ids = AtomicU64::new(2);
+    // What the service reads with: holes between segments checked.
+    let checks = wal::ReadChecks {
+        skip: Vec::new(),
+        holes: Some(Default::default()),
+    };
     let input = PassInput {
         storage,
         table: TABLE,
@@ -568,6 +573,7 @@ fn replay(
             max_frozen,
         },
         last_read: None,
+        checks: &checks,
         ids: &ids,
         now_ms: &|| 0,
     };
