@@ -68,6 +68,7 @@ fn compaction(f: impl FnOnce(&mut pb::CompactionSpec)) -> pb::CompactLevelReques
         reason: "hostile".into(),
         max_subcompactions: 1,
         wal_inputs: vec![],
+        grandparent_bounds: vec![],
     };
     f(&mut spec);
     pb::CompactLevelRequest {

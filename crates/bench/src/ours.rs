@@ -181,6 +181,7 @@ pub fn p2_compact(root: &Path, threads: usize) -> anyhow::Result<Figures> {
         io_bytes_per_sec: 0,
         reason: "bench: full compaction of L0".to_owned(),
         max_subcompactions: threads as u32,
+        grandparent_bounds: Vec::new(),
     };
     let store = Arc::new(StorageSstStore::new(
         storage,
@@ -310,7 +311,7 @@ impl Tree {
     ) -> anyhow::Result<()> {
         let locked = BTreeSet::new();
         loop {
-            let plan = {
+            let (plan, grandparents) = {
                 let mut g = lock(self);
                 loop {
                     let out = pick(
@@ -321,7 +322,12 @@ impl Tree {
                         },
                     );
                     if let Some(plan) = out.plans.into_iter().next() {
-                        break plan;
+                        let bounds = lsm::compaction::grandparent_bounds(
+                            &g.0,
+                            &plan.inputs,
+                            plan.output_level,
+                        );
+                        break (plan, bounds);
                     }
                     if self.done.load(Ordering::Acquire) {
                         return Ok(());
@@ -341,7 +347,9 @@ impl Tree {
             }
             let ids = plan.input_bytes() / plan.target_file_size.max(1) + 64;
             let first = self.next_id.fetch_add(ids, Ordering::Relaxed);
-            let spec = CompactionSpec::from_plan(table()?, &plan, (first..first + ids).collect());
+            let mut spec =
+                CompactionSpec::from_plan(table()?, &plan, (first..first + ids).collect());
+            spec.grandparent_bounds = grandparents;
             let store = Arc::new(StorageSstStore::new(
                 storage.clone(),
                 rt.handle().clone(),

@@ -221,6 +221,7 @@ fn spec(l0_newest_first: &[FileMeta], threads: usize) -> CompactionSpec {
         io_bytes_per_sec: 0,
         reason: "bench: full compaction of L0".to_owned(),
         max_subcompactions: threads as u32,
+        grandparent_bounds: Vec::new(),
     }
 }
 

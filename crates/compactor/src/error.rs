@@ -274,6 +274,7 @@ mod tests {
             io_bytes_per_sec: 0,
             reason: "test".to_owned(),
             max_subcompactions: 1,
+            grandparent_bounds: Vec::new(),
         }
     }
 

@@ -411,6 +411,9 @@ impl<S: SstStore> Shared<'_, S> {
             })?;
 
         let target = self.spec.target_file_size;
+        let bounds = &self.spec.grandparent_bounds;
+        // Index of the first grandparent bound at or above the last key written.
+        let mut gp = 0usize;
         let mut outputs = Vec::new();
         let mut out: Option<Output<S::Writer>> = None;
         let mut entries = Accounted::default();
@@ -431,8 +434,17 @@ impl<S: SstStore> Shared<'_, S> {
                 cut = Some(key_user.to_vec());
                 break;
             }
+            // Crossing a grandparent file's end: an output of half the target or more is
+            // cut here, so it does not reach into the next grandparent file.
+            let mut crossed = false;
+            while gp < bounds.len() && bounds[gp].as_slice() < key_user {
+                gp += 1;
+                crossed = true;
+            }
             if let Some(o) = out.take_if(|o| {
-                o.builder.estimated_size() >= target && o.last_user_key.as_slice() != key_user
+                o.last_user_key.as_slice() != key_user
+                    && (o.builder.estimated_size() >= target
+                        || (crossed && o.builder.estimated_size() >= target / 2))
             }) {
                 let (file, unaccounted) = self.finish_output(o)?;
                 outputs.push(file);
@@ -626,6 +638,7 @@ mod tests {
             io_bytes_per_sec: 0,
             reason: "test".to_owned(),
             max_subcompactions: 1,
+            grandparent_bounds: Vec::new(),
         }
     }
 
@@ -765,6 +778,40 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         inputs(vec![(0, file(3)), (0, file(2)), (0, file(1))], options)
+    }
+
+    /// Outputs line up with the grandparent files: one that reached half the target ends
+    /// where the next key passes a grandparent's largest key; a smaller one goes on.
+    #[test]
+    fn outputs_end_at_grandparent_bounds_once_half_the_target_is_written() {
+        let (store, levels) = versioned(&SstOptions::default());
+        let mut s = spec(levels, false);
+        s.target_file_size = 16 << 10;
+        // About 110 bytes a key: 16 KiB is ~150 keys, half of it ~75.
+        let bounds = ["key0099", "key0120", "key0130", "key0299"];
+        s.grandparent_bounds = bounds.iter().map(|b| b.as_bytes().to_vec()).collect();
+        let c = run(&store, &s, 1).expect("compacted");
+        let ends: Vec<String> = c
+            .outputs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.info.largest_user_key).into_owned())
+            .collect();
+        // key0099 is crossed with ~100 keys (over half) written: cut there. key0120 and
+        // key0130 come 21 and 31 keys into the next output: no cut; it is cut on size
+        // (~145 keys, at key0244), and key0299 comes 55 keys into the one after: no cut.
+        assert_eq!(ends[0], "key0099", "{ends:?}");
+        for early in ["key0120", "key0130", "key0299"] {
+            assert!(!ends.iter().any(|e| e == early), "{early}: {ends:?}");
+        }
+        let all = contents(&store, &c).concat();
+        assert_eq!(all.len(), 400, "nothing lost at the cuts");
+        // Without bounds the same merge cuts on size alone.
+        s.grandparent_bounds.clear();
+        let plain = run(&store, &s, 1).expect("compacted");
+        assert_ne!(
+            plain.outputs[0].info.largest_user_key.as_ref(),
+            b"key0099".as_slice()
+        );
     }
 
     #[test]

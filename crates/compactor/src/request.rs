@@ -33,6 +33,12 @@ pub struct CompactionSpec {
     pub reason: String,
     /// Threads the attempt may use (at least 1; the worker caps it at its `worker_count`).
     pub max_subcompactions: u32,
+    /// The largest user key of every file of the level below the output level that the
+    /// inputs overlap (the *grandparents*), ascending. An output at least half the target
+    /// size is cut where the next key crosses one of these, so outputs line up with the
+    /// files their next compaction will meet (RocksDB's
+    /// `level_compaction_dynamic_file_size`). Empty: cut on size alone.
+    pub grandparent_bounds: Vec<Vec<u8>>,
 }
 
 impl CompactionSpec {
@@ -49,6 +55,7 @@ impl CompactionSpec {
             io_bytes_per_sec: 0,
             reason: plan.reason.clone(),
             max_subcompactions: 1,
+            grandparent_bounds: Vec::new(),
         }
     }
 
@@ -171,6 +178,13 @@ fn parse_spec(spec: pb::CompactionSpec) -> Result<CompactionSpec, InvalidRequest
     if spec.target_file_size == 0 {
         return Err(invalid("spec.target_file_size", "must be positive"));
     }
+    let grandparent_bounds = spec.grandparent_bounds;
+    if let Some(i) = grandparent_bounds.windows(2).position(|w| w[0] > w[1]) {
+        return Err(invalid(
+            "spec.grandparent_bounds",
+            format!("not ascending: bound {} sorts after bound {}", i, i + 1),
+        ));
+    }
     Ok(CompactionSpec {
         table,
         inputs,
@@ -182,6 +196,7 @@ fn parse_spec(spec: pb::CompactionSpec) -> Result<CompactionSpec, InvalidRequest
         reason: spec.reason,
         // 0 is what an older scheduler sends: one thread.
         max_subcompactions: spec.max_subcompactions.max(1),
+        grandparent_bounds,
     })
 }
 
@@ -291,6 +306,7 @@ mod tests {
                 reason: "L0 has 4 files >= trigger 4".to_owned(),
                 max_subcompactions: 0,
                 wal_inputs: vec![],
+                grandparent_bounds: vec![],
             }),
         }
     }
@@ -322,6 +338,11 @@ mod tests {
             "tables/users/sst/00000000000000000040.sst"
         );
         assert_eq!(s.describe(), "L0 [5, 4] + L1 [2, 3] -> L1");
+        assert!(s.grandparent_bounds.is_empty() && a.wal_inputs.is_empty());
+        let bounds = vec![b"c".to_vec(), b"m".to_vec()];
+        let a = parse_compact_request(with_spec(|s| s.grandparent_bounds = bounds.clone()))
+            .expect("valid");
+        assert_eq!(a.spec.grandparent_bounds, bounds);
     }
 
     #[test]
@@ -382,6 +403,11 @@ mod tests {
                 "spec.output_file_ids",
                 with_spec(|s| s.output_file_ids = vec![40, 3]),
             ),
+            (
+                "spec.grandparent_bounds",
+                with_spec(|s| s.grandparent_bounds = vec![b"m".to_vec(), b"c".to_vec()]),
+            ),
+            ("spec.wal_inputs", with_spec(|s| s.wal_inputs = vec![0])),
             (
                 "spec.target_file_size",
                 with_spec(|s| s.target_file_size = 0),

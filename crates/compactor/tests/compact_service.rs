@@ -286,6 +286,7 @@ fn request(task_id: u64, inputs: Vec<(u32, Vec<pb::FileMeta>)>) -> pb::CompactLe
             reason: "L0 has 2 files".to_owned(),
             max_subcompactions: 1,
             wal_inputs: vec![],
+            grandparent_bounds: vec![],
         }),
     }
 }

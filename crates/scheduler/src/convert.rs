@@ -217,6 +217,8 @@ fn spec_oneof(spec: &TaskSpec, output_file_ids: &[u64]) -> pb::task_spec::Spec {
             // The worker caps it at its processor.worker_count.
             max_subcompactions: 16,
             wal_inputs: wal_inputs.clone(),
+            // Filled at dispatch from the manifest (see `dispatch_call`).
+            grandparent_bounds: Vec::new(),
         }),
         TaskSpec::Cleanup {
             table,
@@ -441,7 +443,10 @@ pub fn dispatch_call(d: &Dispatch) -> DispatchCall {
     let mut spec = spec_oneof(&d.spec, &d.output_file_ids);
     match &mut spec {
         Spec::Flush(f) => f.io_bytes_per_sec = d.io_bytes_per_sec,
-        Spec::Compaction(c) => c.io_bytes_per_sec = d.io_bytes_per_sec,
+        Spec::Compaction(c) => {
+            c.io_bytes_per_sec = d.io_bytes_per_sec;
+            c.grandparent_bounds = d.grandparent_bounds.clone();
+        }
         _ => {}
     }
     match spec {

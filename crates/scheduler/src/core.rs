@@ -139,6 +139,10 @@ pub struct Dispatch {
     pub trace_parent: String,
     /// Flushes and compactions: the attempt's share of the IO budget (0 = unlimited).
     pub io_bytes_per_sec: u64,
+    /// Compactions: where outputs should end to line up with the files of the level below
+    /// the output level, as the manifest is at dispatch (see
+    /// [`lsm::compaction::grandparent_bounds`]).
+    pub grandparent_bounds: Vec<Vec<u8>>,
 }
 
 /// What a worker reported when it finished an attempt.
@@ -1903,7 +1907,19 @@ impl Core {
                 columns: Vec::new(),
                 trace_parent: task.trace_parent.clone(),
                 io_bytes_per_sec: 0,
+                grandparent_bounds: Vec::new(),
             };
+            if let TaskSpec::Compaction {
+                table,
+                inputs,
+                output_level,
+                ..
+            } = &dispatch.spec
+                && let Some(m) = self.manifests.get(table)
+            {
+                dispatch.grandparent_bounds =
+                    lsm::compaction::grandparent_bounds(&m.levels, inputs, *output_level);
+            }
             if let TaskSpec::StatisticsUpdate { table } = &dispatch.spec {
                 if let Some(m) = self.manifests.get(table) {
                     dispatch.levels = m

@@ -186,6 +186,27 @@ pub enum Strategy {
     SizeTiered(SizeTieredConfig),
 }
 
+/// The largest user keys, ascending, of the files in the level below `output_level` that
+/// `inputs` overlap (the *grandparents*): where a compaction's outputs should end to line
+/// up with the files their next compaction meets (see the compactor's
+/// `CompactionSpec::grandparent_bounds`). Empty when the output level is the last.
+pub fn grandparent_bounds(
+    version: &Version,
+    inputs: &[(u32, Vec<FileMeta>)],
+    output_level: u32,
+) -> Vec<Vec<u8>> {
+    let Some((start, end)) = hull(inputs.iter().flat_map(|(_, f)| f.iter())) else {
+        return Vec::new();
+    };
+    let mut bounds: Vec<Vec<u8>> = version
+        .overlapping(output_level as usize + 1, start, end)
+        .into_iter()
+        .map(|f| f.largest.to_vec())
+        .collect();
+    bounds.sort();
+    bounds
+}
+
 /// Runs the strategy's picker.
 pub fn pick(strategy: &Strategy, input: &PickerInput<'_>) -> PickerOutput {
     match strategy {
@@ -301,6 +322,35 @@ mod tests {
         assert_eq!(edit.removed, [(1, 1), (2, 2), (2, 3)]);
         assert_eq!(edit.added.len(), 1);
         assert_eq!(edit.added[0].0, 2);
+    }
+
+    #[test]
+    fn grandparent_bounds_are_the_sorted_ends_of_the_overlapped_files_below_the_output() {
+        let v = version(vec![
+            (1, vec![file(1, "c", "f")]),
+            (2, vec![file(2, "a", "d"), file(3, "e", "k")]),
+            (
+                3,
+                vec![
+                    file(6, "a", "b"),
+                    file(4, "c", "e"),
+                    file(5, "f", "h"),
+                    file(7, "x", "z"),
+                ],
+            ),
+        ]);
+        let inputs = vec![
+            (1, vec![file(1, "c", "f")]),
+            (2, vec![file(2, "a", "d"), file(3, "e", "k")]),
+        ];
+        // L3 files overlapping [a, k]: a-b, c-e, f-h (not x-z).
+        assert_eq!(
+            grandparent_bounds(&v, &inputs, 2),
+            [b"b".to_vec(), b"e".to_vec(), b"h".to_vec()]
+        );
+        // Into the last level: nothing below.
+        assert!(grandparent_bounds(&v, &inputs[1..], 3).is_empty());
+        assert!(grandparent_bounds(&v, &[], 2).is_empty());
     }
 
     #[test]

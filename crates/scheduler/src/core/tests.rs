@@ -1775,3 +1775,44 @@ fn a_repair_that_meets_corruption_leaves_the_segment_quarantined_and_unreleased(
     assert!(queued.is_empty(), "no new repair until released again");
     assert_eq!(c.manifest("t").map(|m| m.levels.levels[1].len()), Some(1));
 }
+
+#[test]
+fn a_compaction_dispatch_carries_the_ends_of_the_grandparent_files_it_overlaps() {
+    let (mut c, _, _) = setup();
+    c.register_worker("compactor", "k", "k:1", 4, "v", T0)
+        .expect("k");
+    with_files(
+        &mut c,
+        &[
+            (0, file(1, "a", "k", 20)),
+            (1, file(2, "b", "m", 10)),
+            (2, file(3, "a", "f", 5)),
+            (2, file(4, "g", "p", 5)),
+            (2, file(5, "q", "z", 5)),
+        ],
+    );
+    let id = c
+        .submit(
+            compaction(
+                vec![
+                    (0, vec![file(1, "a", "k", 20)]),
+                    (1, vec![file(2, "b", "m", 10)]),
+                ],
+                1,
+            ),
+            80,
+            T0,
+        )
+        .expect("queued");
+    let d = c.tick(T0 + 1);
+    let x = d.iter().find(|x| x.task_id == id).expect("dispatched");
+    assert_eq!(x.grandparent_bounds, [b"f".to_vec(), b"p".to_vec()]);
+    let crate::convert::DispatchCall::Compact(req) = crate::convert::dispatch_call(x) else {
+        panic!("not a compaction");
+    };
+    assert_eq!(
+        req.spec.expect("spec").grandparent_bounds,
+        [b"f".to_vec(), b"p".to_vec()],
+        "they reach the compactor"
+    );
+}
