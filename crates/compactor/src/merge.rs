@@ -12,7 +12,10 @@
 //!    engine's readers read the newest data);
 //! 3. writes the survivors into outputs of about `target_file_size`, cut only between two
 //!    user keys (all versions of a key stay in one file, so a reader of one file sees
-//!    every version it needs), named by the spec's output ids in the order they are
+//!    every version it needs) — and earlier, once an output holds half the target, where
+//!    the next key passes one of the spec's `grandparent_bounds` (the ends of the files
+//!    below the output level), so outputs line up with the files their next compaction
+//!    meets and it rewrites less. Outputs are named by the spec's output ids in the order they are
 //!    started. An output is started by its first entry: no empty file is ever written and
 //!    no id is spent on one. Ids are never invented: more output than ids is
 //!    [`CompactionError::OutOfFileIds`]. With several ranges the ids go to whichever range
