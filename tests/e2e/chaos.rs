@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tests::data::{DataCluster, Slot};
+use tests::data::Slot;
 use tests::oracles::{self, LoadDriver, ManifestWatcher};
 use tests::wait_until;
 
@@ -55,22 +55,7 @@ fn sigkills_of_random_services_under_load_lose_duplicate_and_delete_nothing() {
     let mut rng = Rng(seed);
 
     let dir = oracles::KeptDir::new(tempfile::tempdir().unwrap());
-    let journal = dir.path().join("deletes.journal");
-    let journal_s = journal.to_str().unwrap().to_owned();
-    let mut c = DataCluster::start(
-        dir.path(),
-        &[
-            ("DP__CLEANUP__INTERVAL", "500ms"),
-            ("DP__CLEANUP__GRACE_PERIOD", "1s"),
-            ("DP__SCHEDULER__PICK_INTERVAL", "300ms"),
-            ("DP__STATISTICS__INTERVAL", "1s"),
-            // Bounds the cost of an attempt recorded as dispatched but never sent before a
-            // crash (see docs/reliability.md): retried after this, not the default 120 s.
-            ("DP__SCHEDULER__STUCK_TIMEOUT", "15s"),
-            ("DP__MEMTABLE_FLUSH__MAX_MEMTABLE_SIZE", "128KB"),
-            ("DP_DELETE_JOURNAL", &journal_s),
-        ],
-    );
+    let (mut c, journal) = oracles::crash_cluster(dir.path());
     for _ in 0..2 {
         c.start_flusher();
         c.start_compactor();

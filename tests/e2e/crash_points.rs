@@ -12,7 +12,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use tests::data::{DataCluster, Slot, tail};
+use tests::data::{Slot, tail};
 use tests::oracles::{self, LoadDriver, ManifestWatcher};
 use tests::wait_until;
 
@@ -31,22 +31,7 @@ fn owner(point: &str) -> Slot {
 #[test]
 fn crashing_at_every_named_point_loses_duplicates_and_deletes_nothing() {
     let dir = oracles::KeptDir::new(tempfile::tempdir().unwrap());
-    let journal = dir.path().join("deletes.journal");
-    let journal_s = journal.to_str().unwrap().to_owned();
-    let mut c = DataCluster::start(
-        dir.path(),
-        &[
-            ("DP__CLEANUP__INTERVAL", "500ms"),
-            ("DP__CLEANUP__GRACE_PERIOD", "1s"),
-            ("DP__SCHEDULER__PICK_INTERVAL", "300ms"),
-            ("DP__STATISTICS__INTERVAL", "1s"),
-            // Bounds the cost of an attempt recorded as dispatched but never sent before a
-            // crash (see docs/reliability.md): retried after this, not the default 120 s.
-            ("DP__SCHEDULER__STUCK_TIMEOUT", "15s"),
-            ("DP__MEMTABLE_FLUSH__MAX_MEMTABLE_SIZE", "128KB"),
-            ("DP_DELETE_JOURNAL", &journal_s),
-        ],
-    );
+    let (mut c, journal) = oracles::crash_cluster(dir.path());
     c.start_flusher();
     c.start_compactor();
     c.create_tables(&TABLES);

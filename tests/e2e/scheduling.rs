@@ -258,11 +258,13 @@ fn a_closed_maintenance_window_defers_deep_compactions_and_cleanup_until_it_open
         "expected deferred deep compactions ({seen_deep:?}) and cleanups ({seen_cleanup:?}) while an L0 compaction commits; queue:\n{}",
         c.admin(&["processor", "queue-status"]).stdout
     );
-    let ts = tasks(&c);
-    let early: Vec<_> = attempt_starts(&ts, |t| class(t) == "deferrable")
-        .into_iter()
-        .filter(|(_, _, s)| *s < opens_ms)
-        .collect();
+    let started_early = |c: &DataCluster| -> Vec<_> {
+        attempt_starts(&tasks(c), |t| class(t) == "deferrable")
+            .into_iter()
+            .filter(|(_, _, s)| *s < opens_ms)
+            .collect()
+    };
+    let early = started_early(&c);
     assert!(
         early.is_empty(),
         "deferrable work ran while the window was closed: {early:?}"
@@ -279,11 +281,7 @@ fn a_closed_maintenance_window_defers_deep_compactions_and_cleanup_until_it_open
         "deferred work never ran once the window opened; queue:\n{}",
         c.admin(&["processor", "queue-status"]).stdout
     );
-    let ts = tasks(&c);
-    let early: Vec<_> = attempt_starts(&ts, |t| class(t) == "deferrable")
-        .into_iter()
-        .filter(|(_, _, s)| *s < opens_ms)
-        .collect();
+    let early = started_early(&c);
     assert!(
         early.is_empty(),
         "deferrable work ran before the window: {early:?}"

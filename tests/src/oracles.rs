@@ -810,6 +810,29 @@ impl KeptDir {
     }
 }
 
+/// The cluster both crash tests run (scheduler and replayer; the caller adds workers):
+/// quick cleanup, picks and statistics, small memtables, a 15 s `stuck_timeout` (bounds the
+/// cost of an attempt recorded as dispatched but never sent before a crash, see
+/// docs/reliability.md), and every storage delete journalled for the GC oracle. Returns the
+/// cluster and the journal's path.
+pub fn crash_cluster(dir: &Path) -> (DataCluster, PathBuf) {
+    let journal = dir.join("deletes.journal");
+    let journal_s = journal.to_str().unwrap_or_default().to_owned();
+    let c = DataCluster::start(
+        dir,
+        &[
+            ("DP__CLEANUP__INTERVAL", "500ms"),
+            ("DP__CLEANUP__GRACE_PERIOD", "1s"),
+            ("DP__SCHEDULER__PICK_INTERVAL", "300ms"),
+            ("DP__STATISTICS__INTERVAL", "1s"),
+            ("DP__SCHEDULER__STUCK_TIMEOUT", "15s"),
+            ("DP__MEMTABLE_FLUSH__MAX_MEMTABLE_SIZE", "128KB"),
+            ("DP_DELETE_JOURNAL", &journal_s),
+        ],
+    );
+    (c, journal)
+}
+
 /// Ends a crash test: stops the load, waits until every acknowledged write is flushed,
 /// kills the compactors (so no compaction or cleanup changes the files while they are
 /// read), then runs every oracle over `tables`, prints the figures, and fails the test on
