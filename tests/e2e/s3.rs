@@ -7,65 +7,14 @@
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use tests::data::DataCluster;
+use tests::moto::Moto;
 use tests::wait_until;
 
-/// A moto S3 server on a free loopback port, with bucket `dp-e2e`; killed when dropped.
-struct Moto {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One plain HTTP request to moto (it accepts unsigned requests); the whole reply.
-fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply)
-}
-
-fn moto() -> Moto {
-    let port = tests::free_port();
-    let child = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 (moto runs under it): run `make test-tools`");
-    let m = Moto { port, child };
-    let ok = wait_until(Duration::from_secs(30), || {
-        http(port, "PUT", "/dp-e2e").is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
-    assert!(
-        ok,
-        "moto did not start: run `make test-tools` (pip install 'moto[server]')"
-    );
-    m
-}
-
 /// Object keys under `prefix` in bucket `dp-e2e` (ListObjectsV2, following continuation).
-fn list(port: u16, prefix: &str) -> BTreeSet<String> {
+fn list(m: &Moto, prefix: &str) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     let mut token = String::new();
     loop {
@@ -73,7 +22,7 @@ fn list(port: u16, prefix: &str) -> BTreeSet<String> {
         if !token.is_empty() {
             path.push_str(&format!("&continuation-token={token}"));
         }
-        let reply = http(port, "GET", &path).unwrap();
+        let reply = m.http("GET", &path).unwrap();
         for part in reply.split("<Key>").skip(1) {
             if let Some(k) = part.split("</Key>").next() {
                 keys.insert(k.to_owned());
@@ -93,8 +42,8 @@ fn list(port: u16, prefix: &str) -> BTreeSet<String> {
 #[test]
 fn flush_compaction_and_cleanup_run_on_s3_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let m = moto();
-    let endpoint = format!("http://127.0.0.1:{}", m.port);
+    let m = Moto::start();
+    let endpoint = m.endpoint();
     let aws = [
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
@@ -132,7 +81,7 @@ fn flush_compaction_and_cleanup_run_on_s3_and_nothing_acknowledged_is_lost() {
     );
     // A compaction ran there, and Cleanup left exactly the manifest's SSTs in the bucket.
     let settled = wait_until(Duration::from_secs(60), || {
-        let ssts: BTreeSet<u64> = list(m.port, "cluster/tables/t/sst/")
+        let ssts: BTreeSet<u64> = list(&m, "cluster/tables/t/sst/")
             .iter()
             .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".sst")?.parse().ok())
             .collect();
@@ -142,13 +91,13 @@ fn flush_compaction_and_cleanup_run_on_s3_and_nothing_acknowledged_is_lost() {
         settled,
         "levels {:?}, bucket {:?}, manifest {:?}",
         c.level_counts("t"),
-        list(m.port, "cluster/tables/t/sst/"),
+        list(&m, "cluster/tables/t/sst/"),
         c.manifest_ids("t")
     );
     // WAL segments the checkpoint covers are gone from the bucket (the newest stays).
     let wal_clean = wait_until(Duration::from_secs(30), || {
-        list(m.port, "cluster/tables/t/wal/").len() <= 1
+        list(&m, "cluster/tables/t/wal/").len() <= 1
     });
-    assert!(wal_clean, "{:?}", list(m.port, "cluster/tables/t/wal/"));
+    assert!(wal_clean, "{:?}", list(&m, "cluster/tables/t/wal/"));
     c.check_oracle(&oracle, &["t"]);
 }

@@ -740,57 +740,6 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     }
 }
 
-/// A moto S3 server (PyPI `moto[server]`, `make test-tools`) on a free loopback port with
-/// bucket `dp-e2e`; killed when dropped.
-struct Moto {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto() -> Moto {
-    use std::io::{Read, Write};
-    let port = tests::free_port();
-    let child = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 (moto runs under it): run `make test-tools`");
-    let m = Moto { port, child };
-    let bucket = || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        write!(
-            s,
-            "PUT /dp-e2e HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply)
-    };
-    let up = wait_until(Duration::from_secs(30), || {
-        bucket().is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
-    assert!(
-        up,
-        "moto did not start: run `make test-tools` (pip install 'moto[server]')"
-    );
-    m
-}
-
 /// A cluster on S3 with admin tokens, debug logs and trace export: flushes sign S3 requests
 /// with the secret key, storage-admin and grpcurl send right and wrong tokens to the
 /// scheduler and the replayer; afterwards no log line, exported span or client output
@@ -816,8 +765,8 @@ async fn tokens_and_the_s3_secret_never_reach_logs_spans_or_errors() {
     let tokens_file = dir.path().join("tokens");
     std::fs::write(&tokens_file, format!("{} admin\n", sha256_hex(admin_token))).unwrap();
     let (c, outputs, m) = tokio::task::block_in_place(|| {
-        let m = moto();
-        let endpoint = format!("http://127.0.0.1:{}", m.port);
+        let m = tests::moto::Moto::start();
+        let endpoint = m.endpoint();
         let tokens = p(&tokens_file);
         let env: Vec<(&str, &str)> = vec![
             ("DP__STORAGE__URL", "s3://dp-e2e/secrets"),

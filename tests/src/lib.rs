@@ -45,6 +45,7 @@ pub fn check_status<T: std::fmt::Debug>(
 pub mod cluster;
 pub mod data;
 pub mod fake;
+pub mod moto;
 pub mod oracles;
 
 use std::io::{Read, Write};
